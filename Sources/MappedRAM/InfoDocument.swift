@@ -1,0 +1,115 @@
+import Foundation
+
+/// What `mramfs info --json` prints and a mount's `info.json` holds: one
+/// document describing a migration file. The schema is in the README.
+public struct InfoDocument: Codable, Sendable {
+  /// The libvirt header, when there is one.
+  public struct Libvirt: Codable, Sendable {
+    public var magic: String
+    public var version: UInt32
+    public var format: String
+    public var wasRunning: Bool
+    public var xml: String
+    public var cookie: String?
+  }
+
+  /// One RAM block.
+  public struct Block: Codable, Sendable {
+    public var name: String
+    /// Where the block appears in a mount, relative to the mount point.
+    public var path: String
+    public var length: UInt64
+    public var pageSize: UInt64
+    public var pageCount: UInt64
+    public var populatedPages: UInt64?
+    public var populatedPercent: Double?
+    public var entryOffset: UInt64
+    public var headerOffset: UInt64?
+    public var bitmapOffset: UInt64?
+    public var bitmapSize: UInt64?
+    public var pagesOffset: UInt64?
+    public var mrAddr: UInt64?
+  }
+
+  /// One device section.
+  public struct Device: Codable, Sendable {
+    public var name: String
+    public var instance: UInt32
+    public var version: UInt32
+    public var offset: UInt64
+    public var size: UInt64
+  }
+
+  public var file: String
+  public var fileSize: UInt64
+  public var streamOffset: UInt64
+  public var libvirt: Libvirt?
+  public var machine: String?
+  public var capabilities: [String]
+  public var uuid: String?
+  public var format: String
+  public var mountable: Bool
+  public var complete: Bool
+  public var memorySize: UInt64
+  public var populatedPages: UInt64?
+  public var populatedBytes: UInt64?
+  public var blocks: [Block]
+  public var devices: [Device]
+  public var devicesUnavailable: String?
+  public var warnings: [String]
+
+  /// Describes `file`.
+  public init(_ file: MigrationFile) {
+    self.file = file.path
+    fileSize = file.file.size
+    streamOffset = file.streamOffset
+    libvirt = file.libvirt.map {
+      Libvirt(
+        magic: $0.magic, version: $0.version, format: $0.formatName, wasRunning: $0.wasRunning, xml: $0.xml,
+        cookie: $0.cookie)
+    }
+    machine = file.machineType
+    capabilities = file.capabilities
+    uuid = file.uuid.map(formatUUID)
+    format = file.format.rawValue
+    mountable = file.format.isPositional
+    complete = file.isComplete
+    memorySize = file.memorySize
+    let positional = file.format.isPositional
+    let paths = BlockPaths.assign(file.blocks.map(\.name))
+    blocks = zip(file.blocks, paths).map { b, path in
+      Block(
+        name: b.name.description, path: path.joined(separator: "/"), length: b.length, pageSize: b.pageSize, pageCount: b.pageCount,
+        populatedPages: b.populatedPages,
+        populatedPercent: b.populatedPages.map { b.pageCount == 0 ? 0 : (Double($0) * 1000 / Double(b.pageCount)).rounded() / 10 },
+        entryOffset: b.entryOffset, headerOffset: b.headerOffset,
+        bitmapOffset: positional ? b.bitmapOffset : nil, bitmapSize: positional ? b.bitmapSize : nil,
+        pagesOffset: positional ? b.pagesOffset : nil, mrAddr: b.mrAddr)
+    }
+    if positional {
+      let pages = file.blocks.reduce(UInt64(0)) { $0 + ($1.populatedPages ?? 0) }
+      populatedPages = pages
+      populatedBytes = file.blocks.reduce(UInt64(0)) { $0 + ($1.populatedPages ?? 0) * $1.pageSize }
+    }
+    devices = file.devices.map {
+      Device(name: $0.name, instance: $0.instanceID, version: $0.version, offset: $0.offset, size: $0.size)
+    }
+    devicesUnavailable = file.devicesUnavailableReason
+    warnings = file.warnings
+  }
+
+  /// The document as pretty-printed JSON with sorted keys, ending in a newline.
+  public func json() -> String {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    guard let data = try? encoder.encode(self) else { return "{}\n" }
+    return String(decoding: data, as: UTF8.self) + "\n"
+  }
+}
+
+/// Formats 16 bytes as a UUID string.
+func formatUUID(_ b: [UInt8]) -> String {
+  let h = b.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }
+  guard h.count == 16 else { return h.joined() }
+  return [h[0..<4], h[4..<6], h[6..<8], h[8..<10], h[10..<16]].map { $0.joined() }.joined(separator: "-")
+}
