@@ -1,0 +1,70 @@
+import CFuse
+import Logging
+import SystemPackage
+
+/// Where a reply goes: the kernel, through a libfuse request, or a test's ``ReplyRecorder``.
+///
+/// Both fields are trivially destroyable, which `discard self` in the reply types needs.
+struct ReplyTarget {
+  let request: fuse_req_t?
+  let recorder: Unmanaged<ReplyRecorder>?
+
+  init(_ request: fuse_req_t) {
+    self.request = request
+    self.recorder = nil
+  }
+
+  init(recorder: ReplyRecorder) {
+    self.request = nil
+    self.recorder = Unmanaged.passUnretained(recorder)
+  }
+
+  /// The logger of the session (or recorder) this request belongs to.
+  var logger: Logger {
+    if let recorder { return recorder.takeUnretainedValue().logger }
+    guard let request else { return Logger(label: "FUSE") }
+    return SessionContext.of(request).logger
+  }
+
+  /// Hands a reply to the recorder; returns `false` when the reply must go to the kernel.
+  func record(_ reply: @autoclosure () -> RecordedReply) -> Bool {
+    guard let recorder else { return false }
+    recorder.takeUnretainedValue().append(reply())
+    return true
+  }
+
+  /// Answers with an error number.
+  func error(_ errno: Errno) {
+    precondition(
+      errno.rawValue > 0 && errno.rawValue < 1000,
+      "a FUSE error reply needs a positive errno below 1000, got \(errno.rawValue)")
+    if record(.error(errno)) { return }
+    check(fuse_reply_err(request, errno.rawValue), "fuse_reply_err")
+  }
+
+  /// Answers a request whose handler returned without replying.
+  func unanswered(_ kind: StaticString) {
+    logger.warning("handler returned without answering a \(kind); answering EIO")
+    if record(.unanswered) { return }
+    check(fuse_reply_err(request, Errno.ioError.rawValue), "fuse_reply_err")
+  }
+
+  /// Judges the result of a `fuse_reply_*` call.
+  ///
+  /// `EBADF` and `EFAULT` mean the process itself is broken (a closed `/dev/fuse`, a bad
+  /// pointer) and trap, as NIO does for "unacceptable" errnos. `ENOENT` is the kernel
+  /// dropping the reply to an interrupted request, which is normal. Anything else, such
+  /// as `EINVAL` for a reply larger than the request allowed, is logged.
+  func check(_ result: Int32, _ call: StaticString) {
+    guard result != 0 else { return }
+    let errno = Errno(rawValue: -result)
+    switch errno {
+    case .badFileDescriptor, .badAddress:
+      preconditionFailure("\(call) failed with an unacceptable error: \(errno)")
+    case .noSuchFileOrDirectory:
+      logger.debug("\(call): the request was interrupted; the kernel dropped the reply")
+    default:
+      logger.error("\(call) failed: \(errno)")
+    }
+  }
+}

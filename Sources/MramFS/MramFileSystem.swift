@@ -1,0 +1,248 @@
+import FUSE
+import Logging
+import MappedRAM
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// How a mount presents its files.
+public struct MountConfiguration: Sendable {
+  /// Owner of every file; nil means the image file's owner.
+  public var uid: UInt32? = nil
+  /// Group of every file; nil means the image file's group.
+  public var gid: UInt32? = nil
+  /// Bypass the kernel's page cache (`direct_io`): fastest for one pass (cp, dd),
+  /// slower for re-reads and small reads (grep, Volatility).
+  public var directIO = false
+  /// How long the kernel may cache names and attributes; the image never changes while mounted.
+  public var cacheTimeout: Duration = .seconds(86400)
+  /// The largest read the kernel sends (`max_read`).
+  public var maxRead = 1 << 20
+
+  /// The defaults: page cache with keep_cache, day-long timeouts, 1 MiB reads.
+  public init() {}
+}
+
+/// The mramfs filesystem: one read-only sparse file per RAM block, plus `info.json`.
+///
+/// Every handler reads only immutable state built at mount time, so handlers
+/// run on any number of libfuse worker threads without locks; reads use a
+/// per-thread buffer and allocate nothing.
+public final class MramFileSystem: FileSystem {
+  /// The migration file being served.
+  public let file: MigrationFile
+  /// How the files are presented.
+  public let configuration: MountConfiguration
+  let tree: Tree
+  let buffers: WorkerBuffer
+  let logger: Logger
+  let uid: UInt32
+  let gid: UInt32
+  let time: FileTime
+  /// Counts read errors, so each kind is logged once and not per request.
+  let readErrors = Atomic<Int>(0)
+
+  /// Builds the namespace for `file`; cost O(blocks).
+  public init(file: MigrationFile, configuration: MountConfiguration = MountConfiguration(), logger: Logger) {
+    self.file = file
+    self.configuration = configuration
+    self.logger = logger
+    let paths = BlockPaths.assign(file.blocks.map(\.name))
+    let info = Array(InfoDocument(file).json().utf8)
+    tree = Tree(blockPaths: paths, generated: [("info.json", info)])
+    buffers = WorkerBuffer(capacity: configuration.maxRead + 4096)
+    uid = configuration.uid ?? file.file.owner.uid
+    gid = configuration.gid ?? file.file.owner.gid
+    time = FileTime(seconds: Int64(file.file.modificationTime.seconds), nanoseconds: Int32(file.file.modificationTime.nanoseconds))
+  }
+
+  /// The relative path of every block, in block order (for messages and tests).
+  public var blockPaths: [String] {
+    BlockPaths.assign(file.blocks.map(\.name)).map { $0.joined(separator: "/") }
+  }
+
+  // MARK: - Attributes
+
+  func attributes(_ node: Node) -> FileAttributes {
+    switch node.kind {
+    case .directory:
+      return FileAttributes(
+        inode: node.inode, mode: FileMode(type: .directory, permissions: FilePermissions(rawValue: 0o555)),
+        linkCount: UInt32(2 + tree.subdirectoryCount(node)), uid: uid, gid: gid, size: 0, blocks: 0,
+        blockSize: 4096, accessTime: time, modificationTime: time, changeTime: time)
+    case .block(let i):
+      let b = file.blocks[i]
+      let populated = (b.populatedPages ?? 0) * b.pageSize
+      return FileAttributes(
+        inode: node.inode, mode: FileMode(type: .regular, permissions: FilePermissions(rawValue: 0o444)), linkCount: 1, uid: uid, gid: gid,
+        size: Int64(b.length), blocks: Int64(populated / 512), blockSize: Int32(clamping: b.pageSize),
+        accessTime: time, modificationTime: time, changeTime: time)
+    case .generated(let bytes):
+      return FileAttributes(
+        inode: node.inode, mode: FileMode(type: .regular, permissions: FilePermissions(rawValue: 0o444)), linkCount: 1, uid: uid, gid: gid,
+        size: Int64(bytes.count), blocks: Int64((bytes.count + 511) / 512), blockSize: 4096,
+        accessTime: time, modificationTime: time, changeTime: time)
+    }
+  }
+
+  // MARK: - Handlers
+
+  public func initialize(connection: Connection) {
+    connection.maxRead = UInt32(configuration.maxRead)
+  }
+
+  public func lookup(_ request: Request, parent: INode, name: String, reply: consuming ReplyEntry) {
+    guard let p = tree.node(parent), p.isDirectory else { return reply.error(.notDirectory) }
+    guard let ino = tree.lookup(parent, name), let node = tree.node(ino) else {
+      return reply.negative(timeout: configuration.cacheTimeout)
+    }
+    reply.entry(
+      attributes(node), attributeTimeout: configuration.cacheTimeout, entryTimeout: configuration.cacheTimeout)
+  }
+
+  public func getattr(_ request: Request, inode: INode, handle: FileHandle?, reply: consuming ReplyAttr) {
+    guard let node = tree.node(inode) else { return reply.error(.noSuchFileOrDirectory) }
+    reply.attributes(attributes(node), timeout: configuration.cacheTimeout)
+  }
+
+  public func open(_ request: Request, inode: INode, flags: OpenFlags, reply: consuming ReplyOpen) {
+    guard let node = tree.node(inode) else { return reply.error(.noSuchFileOrDirectory) }
+    if node.isDirectory { return reply.error(.isDirectory) }
+    if flags.requestsWriting { return reply.error(.readOnlyFileSystem) }
+    var options: FUSE.OpenOptions = []
+    if case .block = node.kind, configuration.directIO {
+      options.insert(.directIO)
+    } else {
+      options.insert(.keepCache)
+    }
+    reply.opened(handle: .none, options: options)
+  }
+
+  public func read(
+    _ request: Request, inode: INode, handle: FileHandle, offset: Int64, size: Int, reply: consuming ReplyData
+  ) {
+    guard let node = tree.node(inode), offset >= 0 else { return reply.error(.invalidArgument) }
+    switch node.kind {
+    case .directory:
+      reply.error(.isDirectory)
+    case .generated(let bytes):
+      let start = min(Int(clamping: offset), bytes.count)
+      let end = min(bytes.count, start + size)
+      reply.bytes(bytes[start..<end])
+    case .block(let index):
+      let buffer = buffers.current
+      let want = min(size, buffer.count)
+      do {
+        let n = try file.read(
+          block: index, at: UInt64(offset), into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]))
+        reply.bytes(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+      } catch {
+        if readErrors.add(1, ordering: .relaxed).oldValue == 0 {
+          logger.error("read failed, answering EIO (logged once): \(error)")
+        }
+        reply.error(.ioError)
+      }
+    }
+  }
+
+  public func release(
+    _ request: Request, inode: INode, handle: FileHandle, flags: OpenFlags, reply: consuming ReplyEmpty
+  ) {
+    reply.ok()
+  }
+
+  public func opendir(_ request: Request, inode: INode, flags: OpenFlags, reply: consuming ReplyOpen) {
+    guard let node = tree.node(inode) else { return reply.error(.noSuchFileOrDirectory) }
+    guard node.isDirectory else { return reply.error(.notDirectory) }
+    reply.opened(handle: .none, options: [.keepCache])
+  }
+
+  public func readdir(
+    _ request: Request, inode: INode, handle: FileHandle, offset: Int64, reply: consuming ReplyDirectory
+  ) {
+    guard let node = tree.node(inode), case .directory(let children) = node.kind else {
+      return reply.error(.notDirectory)
+    }
+    var i = Int(clamping: max(0, offset))
+    while i < children.count + 2 {
+      let added: Bool
+      if i == 0 {
+        added = reply.add(".", inode: node.inode, type: .directory, nextOffset: 1)
+      } else if i == 1 {
+        added = reply.add("..", inode: node.parent, type: .directory, nextOffset: 2)
+      } else {
+        let c = children[i - 2]
+        let isDir = tree.node(c.inode)?.isDirectory == true
+        added = reply.add(c.name, inode: c.inode, type: isDir ? .directory : .regular, nextOffset: Int64(i + 1))
+      }
+      if !added { break }
+      i += 1
+    }
+    reply.send()
+  }
+
+  public func releasedir(_ request: Request, inode: INode, handle: FileHandle, reply: consuming ReplyEmpty) {
+    reply.ok()
+  }
+
+  public func statfs(_ request: Request, inode: INode, reply: consuming ReplyStatFS) {
+    let bytes = file.blocks.reduce(UInt64(0)) { $0 + $1.length }
+    reply.statfs(
+      StatFSInfo(
+        blockSize: 4096, fragmentSize: 4096, blocks: (bytes + 4095) / 4096, freeBlocks: 0, availableBlocks: 0,
+        files: UInt64(tree.nodes.count), freeFiles: 0, availableFiles: 0, maximumNameLength: 255))
+  }
+
+  /// The xattrs of a block file.
+  func xattrs(_ node: Node) -> [(String, [UInt8])] {
+    guard case .block(let i) = node.kind else { return [] }
+    let b = file.blocks[i]
+    return [
+      ("user.mramfs.block", b.name.bytes),
+      ("user.mramfs.page_size", Array("\(b.pageSize)".utf8)),
+      ("user.mramfs.populated_pages", Array("\(b.populatedPages ?? 0)".utf8)),
+      ("user.mramfs.pages_offset", Array("\(b.pagesOffset)".utf8)),
+      ("user.mramfs.bitmap_offset", Array("\(b.bitmapOffset)".utf8)),
+    ]
+  }
+
+  public func getxattr(_ request: Request, inode: INode, name: String, size: Int, reply: consuming ReplyXattr) {
+    guard let node = tree.node(inode) else { return reply.error(.noSuchFileOrDirectory) }
+    guard let value = xattrs(node).first(where: { $0.0 == name })?.1 else { return reply.error(.noData) }
+    if size == 0 { return reply.size(value.count) }
+    guard value.count <= size else { return reply.error(.outOfRange) }
+    let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(value.count, 1), alignment: 1)
+    defer { copy.deallocate() }
+    copy.copyBytes(from: value)
+    reply.value(UnsafeRawBufferPointer(rebasing: copy[0..<value.count]))
+  }
+
+  public func listxattr(_ request: Request, inode: INode, size: Int, reply: consuming ReplyXattr) {
+    guard let node = tree.node(inode) else { return reply.error(.noSuchFileOrDirectory) }
+    reply.names(xattrs(node).map(\.0))
+  }
+
+  public func lseek(
+    _ request: Request, inode: INode, handle: FileHandle, offset: Int64, whence: SeekWhence,
+    reply: consuming ReplyLseek
+  ) {
+    guard let node = tree.node(inode) else { return reply.error(.noSuchFileOrDirectory) }
+    guard whence == .nextData || whence == .nextHole else { return reply.error(.invalidArgument) }
+    guard offset >= 0 else { return reply.error(.noSuchAddressOrDevice) }
+    let off = UInt64(offset)
+    switch node.kind {
+    case .directory:
+      reply.error(.isDirectory)
+    case .generated(let bytes):
+      guard off < bytes.count else { return reply.error(.noSuchAddressOrDevice) }
+      reply.offset(whence == .nextData ? offset : Int64(bytes.count))
+    case .block(let i):
+      let result = whence == .nextData ? file.nextData(block: i, from: off) : file.nextHole(block: i, from: off)
+      guard let r = result else { return reply.error(.noSuchAddressOrDevice) }
+      reply.offset(Int64(r))
+    }
+  }
+}

@@ -1,0 +1,1391 @@
+#!/usr/bin/env python3
+"""make-fixtures.py — real QEMU migration files plus ground truth for mramfs tests.
+
+Usage:
+    scripts/make-fixtures.py OUTDIR [--only NAME ...] [--list] [--accel auto|kvm|tcg]
+                             [--jobs N] [--qemu PATH]
+
+What it makes, and why
+----------------------
+mramfs reads QEMU "mapped-ram" migration files. Synthetic files only prove that
+the reader agrees with its own writer; these fixtures are written by the real
+qemu-system-x86_64 (10.x), from a real running guest, and come with independent
+ground truth taken from the same QEMU process, so tests can check every byte.
+
+The guest is Tests/Guest/guest.S (built by scripts/build-guest.sh into
+OUTDIR/guest.elf), a tiny multiboot kernel that enters long mode with page
+tables at 0x200000 (CR3), writes known markers and patterns into RAM, sets
+recognisable registers, writes "READY!!!" at GPA 0x5000 and then polls the
+i8042 keyboard controller; a QMP send-key makes it zero a 1 MiB "stale" region
+and write "ZEROED!!" at 0x5000.
+
+For every scenario the script starts QEMU (KVM when /dev/kvm opens read-write
+and a probe VM starts, otherwise TCG; recorded as "accel"), waits for
+READY!!!, checks the markers over HMP, stops the guest (except the live
+scenario), saves it with `migrate file:...`, and records, with the guest
+paused after the migration:
+
+  * NAME.pcram      sparse file = the contents of the main RAM block `pc.ram`
+                    (guest-physical [0, L) then [4 GiB, 4 GiB + R - L)), made
+                    with HMP/QMP pmemsave through a FIFO so holes stay holes;
+  * `info ramblock` and `info registers` (raw text plus parsed values);
+  * the resolved machine type, lowmem L, the guest markers present.
+
+Then it re-reads every file it made with a small independent reader written
+here (stream header, configuration, ram block list, mapped-ram headers,
+LE-64 bitmaps; the classic page records for the classic file) and compares the
+main RAM block page by page with NAME.pcram. Any mismatch outside
+compare_exclude (the legacy VGA/BIOS window [0xa0000, 0x100000), which reads
+differently through the guest-physical address space than the RAM block holds)
+is a failure. Results go into the manifest under "self_check".
+
+Scenarios (file stems): pc-256, q35-256-mfd, pc-5g, q35-5g-mfd, pc-256-libvirt,
+pc-256-libvirt-part, pc-256-live, pc-256-classic, pc-256-novmdesc (see --list).
+Files: NAME.mapped (mapped-ram), NAME.sav (libvirt header + mapped-ram at
+offset 65713), NAME.classic (classic stream), NAME.pcram (ground truth; the
+libvirt-part scenario reuses pc-256-libvirt.pcram), logs/NAME.log (QEMU output).
+
+The live scenario (pc-256-live) is paced by watching the output file: QEMU
+pwrite()s pages in ascending order, so once the last page of the stale region
+(GPA 0x3000000, 1 MiB of 0xA5) is in the file the script cuts max-bandwidth to
+10 B/s (about one page per 100 ms, so pass 1 cannot finish), sends the key,
+waits for ZEROED!!, then lifts the limit. The next dirty sync re-sends the
+zeroed pages as zero pages, which in mapped-ram only clears their bitmap bits:
+the file keeps 256 pages of 0xA5 whose bits are clear. The script fails if it
+does not find exactly that.
+
+libvirt: the header is written before the migration and rewritten after it
+("...Part" then "...Save"); QEMU 10.0 keeps the bytes before offset=N (it
+truncates the file to N, not to 0) — recorded per scenario as
+libvirt.prefix_written_before_migration_survived.
+
+OUTDIR/manifest.json: {"format": 1, "qemu_version", "guest": {marker strings,
+pattern rule, stale region, registers, ...}, "scenarios": [ {name, description,
+file, kind ("mapped-ram" | "libvirt" | "libvirt-part" | "classic"), machine_arg,
+machine_type (resolved, from the file's configuration record, cross-checked
+with query-machines), ram_bytes, multifd, accel, live, vmdesc, stream_offset,
+libvirt (null or {magic, version, data_len, was_running, format, cookie_offset,
+xml, ...}), ramblocks [{name, page_size, offset, used_length, max_length,
+read_only}], info_ramblock_raw, pcram, pcram_layout, lowmem (L), compare_exclude,
+info_registers_raw, registers (parsed), markers {name: gpa}, virtual_markers,
+ready_marker_at_save, stale_region (null or {gpa, length, ...}), file_size,
+file_info (what the independent reader found: blocks with header/bitmap/pages
+offsets and bits_set, capabilities, sections, vmdesc offset/length),
+self_check, migration, qemu_args, seconds}, ...]}. Integers are plain JSON
+numbers; paths are relative to OUTDIR. With --only, other scenarios already in
+the manifest (whose files still exist) are kept.
+
+Any failure (QEMU missing, migration failed, marker missing, self-check
+mismatch, live save that did not catch the stale bytes) exits non-zero with
+a message; nothing is skipped silently. Uses only the Python standard library,
+QEMU, and binutils (for the guest).
+"""
+
+import argparse
+import concurrent.futures
+import errno
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD_GUEST = os.path.join(HERE, "build-guest.sh")
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+PAGE = 4096
+CHUNK = 1 * MiB
+ZERO_PAGE = bytes(PAGE)
+ZERO_CHUNK = bytes(CHUNK)
+
+# ---------------------------------------------------------------------------
+# What the guest writes (keep in sync with Tests/Guest/guest.S)
+# ---------------------------------------------------------------------------
+READY_GPA = 0x5000
+HEARTBEAT_GPA = 0x5008
+READY = b"READY!!!"
+ZEROED = b"ZEROED!!"
+BANNER = (b"Linux version 6.1.0-mramfs-test (mramfs@test) (gcc (Debian 12.2.0-14) 12.2.0, "
+          b"GNU ld (GNU Binutils for Debian) 2.40) #1 SMP PREEMPT_DYNAMIC Debian 6.1.0-1 (2026-01-01)\n")
+MARKER_STRINGS = {
+    "virt_marker": b"MRAMFS-VIRT-MARKER-0123456789",
+    "low_marker": b"MRAMFS-LOW-MARKER",
+    "linux_banner": BANNER + b"\0",
+    "high_marker": b"DRAMHIGH",
+}
+LOW_MARKERS = {
+    "ready": READY_GPA,
+    "heartbeat": HEARTBEAT_GPA,
+    "page_tables": 0x200000,
+    "virt_marker": 0x300000,
+    "low_marker": 0x400000,
+    "linux_banner": 0x1000000,
+    "pattern": 0x2000000,
+    "stale": 0x3000000,
+}
+HIGH_MARKERS = {"high_marker": 0x140000000, "high_pattern": 0x140100000}
+VIRT_MARKER_VA = 0xFFFFFFFF80300000
+PATTERN = (0x2000000, 8 * MiB)
+HIGH_PATTERN = (0x140100000, 1 * MiB)
+STALE = (0x3000000, 1 * MiB)
+CR3 = 0x200000
+LEGACY_WINDOW = [0xA0000, 0x100000]
+GUEST_REGS = {"RBX": 0x0123456789ABCDEF, "R14": 0x4D52414D46532121, "R15": 0xFEEDFACECAFEBEEF}
+
+LIBVIRT_STREAM_OFFSET = 65713  # 92-byte header + XML + padding, deliberately unaligned
+
+
+def pattern_page(gpa_page, index):
+    """Expected 4 KiB of pattern page number `index` (0-based in its region) at gpa_page."""
+    if index % 7 == 6:
+        return ZERO_PAGE
+    return struct.pack("<Q", gpa_page | 1) * (PAGE // 8)
+
+
+# ---------------------------------------------------------------------------
+# Scenarios
+# ---------------------------------------------------------------------------
+class Scenario:
+    def __init__(self, name, desc, machine="pc", mem="256M", multifd=False, vga=False,
+                 kind="mapped-ram", live=False, libvirt=False, derived_from=None, vmdesc=True):
+        self.name, self.desc, self.machine_arg, self.mem = name, desc, machine, mem
+        self.multifd, self.vga, self.kind, self.live = multifd, vga, kind, live
+        self.libvirt, self.derived_from, self.vmdesc = libvirt, derived_from, vmdesc
+
+    @property
+    def machine_family(self):
+        return self.machine_arg.split(",")[0]
+
+    @property
+    def ram_bytes(self):
+        m = re.fullmatch(r"(\d+)([MG])", self.mem)
+        return int(m.group(1)) * (MiB if m.group(2) == "M" else GiB)
+
+    @property
+    def ext(self):
+        return {"classic": ".classic", "libvirt": ".sav", "libvirt-part": ".sav"}.get(self.kind, ".mapped")
+
+
+SCENARIOS = [
+    Scenario("pc-256", "pc, 256 MiB, mapped-ram, -vga std (block name with a slash)", vga=True),
+    Scenario("q35-256-mfd", "q35, 256 MiB, mapped-ram + multifd x4, -vga std", machine="q35",
+             multifd=True, vga=True),
+    Scenario("pc-5g", "pc, 5 GiB (3 GiB low + 2 GiB at 4 GiB), mapped-ram", mem="5G"),
+    Scenario("q35-5g-mfd", "q35, 5 GiB (2 GiB low + 3 GiB at 4 GiB), mapped-ram + multifd x4",
+             machine="q35", mem="5G", multifd=True),
+    Scenario("pc-256-libvirt", "pc, 256 MiB, mapped-ram at file offset 65713 behind a libvirt "
+             "'LibvirtQemudSave' header (format 6 = sparse)", kind="libvirt", libvirt=True),
+    Scenario("pc-256-libvirt-part", "copy of pc-256-libvirt with magic 'LibvirtQemudPart'",
+             kind="libvirt-part", libvirt=True, derived_from="pc-256-libvirt"),
+    Scenario("pc-256-live", "pc, 256 MiB, LIVE mapped-ram save: the 1 MiB stale region was written "
+             "in pass 1 (0xA5) and zeroed by the guest afterwards, so its bytes are in the pages "
+             "region but its bitmap bits are clear", live=True),
+    Scenario("pc-256-classic", "pc, 256 MiB, classic stream (mapped-ram off), -vga std",
+             kind="classic", vga=True),
+    Scenario("pc-256-novmdesc", "pc, 256 MiB, mapped-ram, suppress-vmdesc=on (ends with EOF byte)",
+             machine="pc,suppress-vmdesc=on", vmdesc=False),
+]
+BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+class Fail(Exception):
+    pass
+
+
+class Retry(Fail):
+    """A timing race in the live scenario; the scenario is run again (at most 3 times)."""
+
+
+_print_lock = threading.Lock()
+
+
+def log(name, msg):
+    with _print_lock:
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {msg}", flush=True)
+
+
+def lowmem(machine_family, ram):
+    """L of FORMAT.md §6.1 (default max-ram-below-4g)."""
+    if machine_family == "pc":
+        limit = 0xE0000000
+        low = 0xC0000000 if ram >= limit else limit
+    elif machine_family == "q35":
+        low = 0x80000000 if ram >= 0xB0000000 else 0xB0000000
+    else:
+        raise Fail(f"unknown machine family {machine_family}")
+    return min(ram, low)
+
+
+def ram_off_to_gpa(off, low):
+    return off if off < low else (1 << 32) + (off - low)
+
+
+# ---------------------------------------------------------------------------
+# QMP
+# ---------------------------------------------------------------------------
+class QMP:
+    def __init__(self, path, proc, name, timeout=60):
+        self.name, self.proc = name, proc
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise Fail(f"QEMU exited with status {proc.returncode} before QMP was up")
+            try:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(path)
+                break
+            except OSError:
+                s.close()
+                if time.time() > deadline:
+                    raise Fail(f"cannot connect to QMP socket {path}")
+                time.sleep(0.05)
+        s.settimeout(600)
+        self.sock = s
+        self.f = s.makefile("rwb")
+        greeting = self._read()
+        if "QMP" not in greeting:
+            raise Fail(f"unexpected QMP greeting {greeting}")
+        self.version = greeting["QMP"]["version"]
+        self.cmd("qmp_capabilities")
+
+    def _read(self):
+        line = self.f.readline()
+        if not line:
+            raise Fail("QMP connection closed (QEMU died?)")
+        return json.loads(line)
+
+    def cmd(self, name, **args):
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.f.write(json.dumps(msg).encode() + b"\n")
+        self.f.flush()
+        while True:
+            m = self._read()
+            if "return" in m:
+                return m["return"]
+            if "error" in m:
+                raise Fail(f"QMP {name} {args}: {m['error'].get('class')}: {m['error'].get('desc')}")
+            # events are ignored
+
+    def hmp(self, line):
+        return self.cmd("human-monitor-command", **{"command-line": line})
+
+    def read_phys(self, gpa, n):
+        """n bytes of guest-physical memory via HMP xp (small n only)."""
+        out = bytearray()
+        pos = 0
+        while pos < n:
+            k = min(256, n - pos)
+            text = self.hmp(f"xp /{k}bx {gpa + pos:#x}")
+            vals = []
+            for line in text.splitlines():
+                if ":" not in line:
+                    continue
+                head, rest = line.split(":", 1)
+                for tok in rest.split():
+                    if not tok.startswith("0x"):
+                        raise Fail(f"xp {gpa + pos:#x}: unexpected output {text.strip()!r}")
+                    vals.append(int(tok, 16))
+            if len(vals) != k:
+                raise Fail(f"xp {gpa + pos:#x}: expected {k} bytes, got {text.strip()!r}")
+            out += bytes(vals)
+            pos += k
+        return bytes(out)
+
+
+def parse_ramblocks(text):
+    blocks = []
+    for line in text.splitlines():
+        m = re.match(r"\s*(\S+)\s+(\d+)\s+(KiB|MiB|GiB|B)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)"
+                     r"(?:\s+0x[0-9a-f]+)?(?:\s+(rw|ro))?\s*$", line)
+        if not m:
+            continue
+        unit = {"B": 1, "KiB": KiB, "MiB": MiB, "GiB": GiB}[m.group(3)]
+        blocks.append({
+            "name": m.group(1),
+            "page_size": int(m.group(2)) * unit,
+            "offset": int(m.group(4), 16),
+            "used_length": int(m.group(5), 16),
+            "max_length": int(m.group(6), 16),
+            "read_only": m.group(7) == "ro" if m.group(7) else None,
+        })
+    return blocks
+
+
+def parse_registers(text):
+    regs = {}
+    for k, v in re.findall(r"\b(R[A-Z0-9]{1,2}|RIP|RFL|CR[0234]|EFER|DR[0-7])\s*=([0-9a-f]+)\b", text):
+        regs.setdefault(k, int(v, 16))
+    segs = {}
+    for m in re.finditer(r"^(ES|CS|SS|DS|FS|GS|LDT|TR)\s*=([0-9a-f]{4}) ([0-9a-f]+) ([0-9a-f]+) ([0-9a-f]+)",
+                         text, re.M):
+        segs[m.group(1)] = {"selector": int(m.group(2), 16), "base": int(m.group(3), 16),
+                            "limit": int(m.group(4), 16), "flags": int(m.group(5), 16)}
+    for m in re.finditer(r"^(GDT|IDT)=\s*([0-9a-f]+) ([0-9a-f]+)", text, re.M):
+        segs[m.group(1)] = {"base": int(m.group(2), 16), "limit": int(m.group(3), 16)}
+    regs["segments"] = segs
+    return regs
+
+
+# ---------------------------------------------------------------------------
+# Independent reader for what QEMU wrote (self-check)
+# ---------------------------------------------------------------------------
+F_ZERO, F_MEM_SIZE, F_PAGE, F_EOS, F_CONTINUE, F_XBZRLE, F_HOOK, F_MULTIFD_FLUSH = \
+    0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x200
+
+
+class Cursor:
+    def __init__(self, fd, pos, size):
+        self.fd, self.pos, self.size = fd, pos, size
+
+    def read(self, n):
+        if self.pos + n > self.size:
+            raise Fail(f"stream truncated: need {n} bytes at {self.pos:#x}, file size {self.size:#x}")
+        b = os.pread(self.fd, n, self.pos)
+        if len(b) != n:
+            raise Fail(f"short read at {self.pos:#x}")
+        self.pos += n
+        return b
+
+    def u8(self):
+        return self.read(1)[0]
+
+    def be16(self):
+        return struct.unpack(">H", self.read(2))[0]
+
+    def be32(self):
+        return struct.unpack(">I", self.read(4))[0]
+
+    def be64(self):
+        return struct.unpack(">Q", self.read(8))[0]
+
+    def name(self):
+        return self.read(self.u8()).decode("latin-1")
+
+
+def parse_stream(path, start=0, stop_after_block=None, want_pages_for="pc.ram"):
+    """Parse a QEMU migration stream up to the first non-RAM section.
+
+    Returns a dict with machine_type, capabilities, blocks (name, used_length,
+    header_offset, bitmap_offset, pages_offset for mapped-ram), sections seen.
+    For classic streams also returns pages[want_pages_for] = {page: bytes|None}.
+    With stop_after_block, returns as soon as that block's entry was read (for
+    reading a file that QEMU is still writing)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        c = Cursor(fd, start, size)
+        info = {"stream_offset": start, "file_size": size}
+        if c.read(4) != b"QEVM":
+            raise Fail(f"no QEVM magic at {start:#x}")
+        if c.be32() != 3:
+            raise Fail("stream version is not 3")
+        caps = []
+        if c.u8() != 0x07:
+            raise Fail("no configuration record after the header")
+        info["machine_type"] = c.read(c.be32()).decode()
+        info["config_subsections"] = []
+        while os.pread(fd, 1, c.pos) == b"\x05":
+            c.u8()
+            sub = c.name()
+            c.be32()  # version
+            info["config_subsections"].append(sub)
+            if sub == "configuration/capabilities":
+                for _ in range(c.be32()):
+                    caps.append(c.name())
+            elif sub == "configuration/target-page-bits":
+                info["target_page_bits"] = c.be32()
+            elif sub == "configuration/uuid":
+                info["uuid"] = c.read(16).hex()
+            else:
+                raise Fail(f"unknown configuration subsection {sub}")
+        info["capabilities"] = caps
+        mapped = "mapped-ram" in caps
+        ign = "x-ignore-shared" in caps
+        info["mapped_ram"] = mapped
+        blocks = []
+        info["blocks"] = blocks
+        pages = {}
+        info["pages"] = pages
+        ram_id = None
+        sections = []
+        info["sections"] = sections
+        counts = {"zero_records": 0, "page_records": 0}
+
+        # A CONTINUE record refers to the block of the previous page record, even one
+        # in an earlier PART section (QEMU's loader keeps the last block across calls).
+        last_block = [None]
+
+        def ram_body(first):
+            saw_mem_size = False
+            while True:
+                w = c.be64()
+                flags, addr = w & (PAGE - 1), w & ~(PAGE - 1)
+                if flags == F_EOS:
+                    return saw_mem_size
+                if flags & F_MEM_SIZE:
+                    if not first or saw_mem_size:
+                        raise Fail("unexpected MEM_SIZE record")
+                    saw_mem_size = True
+                    total, remaining = addr, addr
+                    info["mem_size_total"] = total
+                    while remaining > 0:
+                        entry = c.pos
+                        name = c.name()
+                        used = c.be64()
+                        b = {"name": name, "used_length": used, "entry_offset": entry}
+                        if ign:
+                            b["mr_addr"] = c.be64()
+                        if mapped:
+                            h = c.pos
+                            ver, psz, bmo, pgo = struct.unpack(">IQQQ", c.read(28))
+                            if ver != 1 or psz != PAGE:
+                                raise Fail(f"{name}: mapped-ram header version {ver} page_size {psz}")
+                            b.update(header_offset=h, bitmap_offset=bmo, pages_offset=pgo,
+                                     bitmap_size=((used // PAGE + 63) // 64) * 8)
+                            if bmo != h + 28:
+                                b["note"] = "bitmap_offset != header+28"
+                            if pgo % PAGE:
+                                raise Fail(f"{name}: pages_offset {pgo:#x} not page aligned")
+                            c.pos = pgo + used
+                        if used > remaining:
+                            raise Fail("block list overshoots MEM_SIZE total")
+                        remaining -= used
+                        blocks.append(b)
+                        if stop_after_block == name:
+                            raise _Stop()
+                    continue
+                if flags & (F_ZERO | F_PAGE):
+                    if mapped:
+                        raise Fail(f"page record {w:#x} in a mapped-ram stream at {c.pos - 8:#x}")
+                    if not flags & F_CONTINUE:
+                        last_block[0] = c.name()
+                    elif last_block[0] is None:
+                        raise Fail("CONTINUE without a previous block")
+                    cur = last_block[0]
+                    idx = addr // PAGE
+                    if flags & F_ZERO:
+                        fill = c.u8()
+                        counts["zero_records"] += 1
+                        data = None if fill == 0 else bytes([fill]) * PAGE
+                    else:
+                        data = c.read(PAGE)
+                        counts["page_records"] += 1
+                        if data == ZERO_PAGE:
+                            data = None
+                    if cur == want_pages_for:
+                        if data is None:
+                            pages.pop(idx, None)
+                        else:
+                            pages[idx] = data
+                    continue
+                if flags == F_MULTIFD_FLUSH:
+                    continue
+                raise Fail(f"unexpected ram record word {w:#x} at {c.pos - 8:#x}")
+
+        ids = {}
+        ram_done = False
+        while True:
+            at = c.pos
+            t = c.u8()
+            if t in (0x01, 0x04):
+                sid, name = c.be32(), c.name()
+                inst, ver = c.be32(), c.be32()
+                ids[sid] = name
+                if t == 0x04:
+                    if not ram_done:
+                        raise Fail(f"FULL section {name} before the ram END section")
+                    info["first_full_section"] = {"offset": at, "name": name}
+                    break
+                sections.append(["START", name, at])
+                if name != "ram":
+                    raise Fail(f"unexpected iterative section {name}")
+                if ver != 4:
+                    raise Fail(f"ram section version {ver}")
+                ram_id = sid
+                info["ram_section_id"] = sid
+                if not ram_body(True):
+                    raise Fail("ram START without MEM_SIZE")
+                info["ram_start_eos_offset"] = c.pos - 8
+            elif t in (0x02, 0x03):
+                sid = c.be32()
+                if sid != ram_id:
+                    raise Fail(f"PART/END for unknown section {sid}")
+                sections.append(["PART" if t == 2 else "END", "ram", at])
+                ram_body(False)
+                if t == 0x03:
+                    ram_done = True
+            elif t == 0x7E:
+                sid = c.be32()
+                if sid not in ids:
+                    raise Fail(f"footer for unknown section id {sid} at {at:#x}")
+            elif t == 0x08:
+                cmd, ln = c.be16(), c.be16()
+                if cmd == 7:
+                    raise Fail("PACKAGED command")
+                c.read(ln)
+                sections.append([f"COMMAND {cmd}", "", at])
+            elif t == 0x00:
+                info["eof_offset"] = at
+                break
+            else:
+                raise Fail(f"unknown record type {t:#x} at {at:#x}")
+        info["record_counts"] = counts
+        # vmdesc at the tail
+        info["vmdesc"] = find_vmdesc(fd, size)
+        info["last_byte"] = os.pread(fd, 1, size - 1)[0] if size else None
+        if mapped:
+            for b in blocks:
+                bm = os.pread(fd, b["bitmap_size"], b["bitmap_offset"])
+                b["bits_set"] = sum(bin(x).count("1") for x in bm)
+        else:
+            info["pages_nonzero_" + want_pages_for] = len(pages)
+        return info
+    except _Stop:
+        return info
+    finally:
+        os.close(fd)
+
+
+class _Stop(Exception):
+    pass
+
+
+def find_vmdesc(fd, size):
+    tail = min(size, 8 * MiB)
+    data = os.pread(fd, tail, size - tail)
+    base = size - tail
+    i = len(data)
+    while True:
+        i = data.rfind(b"\x00\x06", 0, i)
+        if i < 0:
+            return None
+        x = i + 1
+        if x + 5 <= len(data):
+            ln = struct.unpack(">I", data[x + 1:x + 5])[0]
+            if ln == size - (base + x + 5) and data[x + 5:x + 6] == b"{":
+                js = json.loads(data[x + 5:].decode())
+                return {"offset": base + x, "length": ln, "page_size": js.get("page_size"),
+                        "devices": len(js.get("devices", []))}
+
+
+def data_chunks(fd, start, end, base):
+    """Indices k of CHUNK-sized chunks [base + k*CHUNK, ...) that hold data in [start, end)."""
+    out = set()
+    off = start
+    while off < end:
+        try:
+            d = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break
+            raise
+        if d >= end:
+            break
+        h = min(os.lseek(fd, d, os.SEEK_HOLE), end)
+        for k in range((d - base) // CHUNK, (h - 1 - base) // CHUNK + 1):
+            out.add(k)
+        off = h
+    return out
+
+
+def ranges_of(pages):
+    """[[first, last+1], ...] of consecutive page numbers."""
+    out = []
+    for p in sorted(pages):
+        if out and out[-1][1] == p:
+            out[-1][1] = p + 1
+        else:
+            out.append([p, p + 1])
+    return out
+
+
+def compare_main_ram(path, info, pcram_path, low, exclude_gpa, classic_pages=None):
+    """Compare the pc.ram block in the migration file with the pmemsave ground truth."""
+    blk = next((b for b in info["blocks"] if b["name"] == "pc.ram"), None)
+    if blk is None:
+        raise Fail("no pc.ram block in the file")
+    used = blk["used_length"]
+    npages = used // PAGE
+    if os.path.getsize(pcram_path) != used:
+        raise Fail(f"pcram size {os.path.getsize(pcram_path):#x} != pc.ram used_length {used:#x}")
+
+    def excluded(page):
+        g = ram_off_to_gpa(page * PAGE, low)
+        return any(a <= g < b for a, b in exclude_gpa)
+
+    res = {"pages": npages, "bits_set": 0, "mismatch_pages": [], "excluded_diff_pages": [],
+           "set_bit_zero_pages": [], "clear_bit_data_pages": [], "clear_bit_data_a5_pages": 0}
+    pfd = os.open(pcram_path, os.O_RDONLY)
+    mfd = os.open(path, os.O_RDONLY)
+    try:
+        nchunks = (used + CHUNK - 1) // CHUNK
+        want = data_chunks(pfd, 0, used, 0)
+        if classic_pages is not None:
+            want |= {p * PAGE // CHUNK for p in classic_pages}
+        else:
+            po, bo = blk["pages_offset"], blk["bitmap_offset"]
+            bitmap = os.pread(mfd, blk["bitmap_size"], bo)
+            res["bits_set"] = sum(bin(x).count("1") for x in bitmap)
+            want |= data_chunks(mfd, po, po + used, po)
+            ppc = CHUNK // PAGE
+            for k in range(nchunks):
+                if any(bitmap[k * ppc // 8:(k + 1) * ppc // 8]):
+                    want.add(k)
+        for k in sorted(want):
+            if k >= nchunks:
+                continue
+            off = k * CHUNK
+            n = min(CHUNK, used - off)
+            exp = os.pread(pfd, n, off)
+            if classic_pages is None:
+                raw = os.pread(mfd, n, po + off)
+                if len(raw) < n:
+                    raw += bytes(n - len(raw))
+            for i in range(n // PAGE):
+                p = off // PAGE + i
+                e = exp[i * PAGE:(i + 1) * PAGE]
+                if classic_pages is not None:
+                    got = classic_pages.get(p, ZERO_PAGE)
+                else:
+                    r = raw[i * PAGE:(i + 1) * PAGE]
+                    bit = (bitmap[p >> 3] >> (p & 7)) & 1
+                    got = r if bit else ZERO_PAGE
+                    if bit and r == ZERO_PAGE:
+                        res["set_bit_zero_pages"].append(p)
+                    if not bit and r != ZERO_PAGE:
+                        res["clear_bit_data_pages"].append(p)
+                        if r == b"\xa5" * PAGE:
+                            res["clear_bit_data_a5_pages"] += 1
+                if got != e:
+                    (res["excluded_diff_pages"] if excluded(p) else res["mismatch_pages"]).append(p)
+    finally:
+        os.close(pfd)
+        os.close(mfd)
+    if classic_pages is not None:
+        res["bits_set"] = None
+        res["nonzero_pages_in_stream"] = len(classic_pages)
+    # compact representation (ram offsets in bytes)
+    out = {"pages": res["pages"], "bits_set": res["bits_set"]}
+    if "nonzero_pages_in_stream" in res:
+        out["nonzero_pages_in_stream"] = res["nonzero_pages_in_stream"]
+    for key in ("mismatch_pages", "excluded_diff_pages", "set_bit_zero_pages", "clear_bit_data_pages"):
+        out[key.replace("_pages", "_ranges")] = [[a * PAGE, b * PAGE] for a, b in ranges_of(res[key])]
+        out[key.replace("_pages", "_count")] = len(res[key])
+    out["clear_bit_data_a5_pages"] = res["clear_bit_data_a5_pages"]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Ground truth: sparse pmemsave through a FIFO
+# ---------------------------------------------------------------------------
+def write_nonzero_pages(fd, mv, off):
+    """pwrite only the non-zero 4 KiB pages of mv (runs coalesced), so holes = zero pages."""
+    n = len(mv)
+    p = 0
+    while p < n:
+        while p < n and mv[p:p + PAGE] == ZERO_PAGE[:min(PAGE, n - p)]:
+            p += PAGE
+        q = p
+        while q < n and mv[q:q + PAGE] != ZERO_PAGE[:min(PAGE, n - q)]:
+            q += PAGE
+        if q > p:
+            os.pwrite(fd, mv[p:min(q, n)], off + p)
+        p = q
+
+
+def pmemsave_sparse(q, parts, out_path, total, workdir):
+    """parts: [(gpa, size, file_offset)]; writes a sparse file of `total` bytes."""
+    tmp = out_path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, total)
+        for gpa, size, foff in parts:
+            fifo = os.path.join(workdir, "pmem.fifo")
+            if os.path.exists(fifo):
+                os.unlink(fifo)
+            os.mkfifo(fifo, 0o600)
+            result = {"n": 0, "err": None}
+
+            def reader():
+                try:
+                    rfd = os.open(fifo, os.O_RDONLY)
+                    try:
+                        try:
+                            import fcntl
+                            fcntl.fcntl(rfd, 1031, MiB)  # F_SETPIPE_SZ
+                        except OSError:
+                            pass
+                        buf = bytearray(CHUNK)
+                        mv = memoryview(buf)
+                        off = foff
+                        while True:
+                            got = 0
+                            while got < CHUNK:
+                                r = os.readv(rfd, [mv[got:]])
+                                if r == 0:
+                                    break
+                                got += r
+                            if got == 0:
+                                break
+                            if got < CHUNK or buf != ZERO_CHUNK:  # bytearray == bytes: memcmp
+                                write_nonzero_pages(fd, mv[:got], off)
+                            off += got
+                            result["n"] += got
+                            if got < CHUNK:
+                                break
+                    finally:
+                        os.close(rfd)
+                except Exception as e:  # noqa: BLE001
+                    result["err"] = e
+
+            t = threading.Thread(target=reader, daemon=True)
+            t.start()
+            try:
+                q.cmd("pmemsave", val=gpa, size=size, filename=fifo)
+            except Fail:
+                try:  # unblock the reader
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError:
+                    pass
+                raise
+            t.join(120)
+            os.unlink(fifo)
+            if t.is_alive():
+                raise Fail("pmemsave reader did not finish")
+            if result["err"]:
+                raise Fail(f"pmemsave reader: {result['err']}")
+            if result["n"] != size:
+                raise Fail(f"pmemsave {gpa:#x}+{size:#x}: got {result['n']:#x} bytes")
+    finally:
+        os.close(fd)
+    os.replace(tmp, out_path)
+
+
+# ---------------------------------------------------------------------------
+# libvirt header
+# ---------------------------------------------------------------------------
+def libvirt_xml(machine_type, ram):
+    return (
+        "<domain type='kvm'>\n"
+        "  <name>mramfs-test</name>\n"
+        "  <uuid>6d72616d-6673-4000-8000-746573740001</uuid>\n"
+        f"  <memory unit='KiB'>{ram // KiB}</memory>\n"
+        f"  <currentMemory unit='KiB'>{ram // KiB}</currentMemory>\n"
+        "  <vcpu placement='static'>1</vcpu>\n"
+        "  <os>\n"
+        f"    <type arch='x86_64' machine='{machine_type}'>hvm</type>\n"
+        "    <kernel>/var/lib/libvirt/images/mramfs-guest.elf</kernel>\n"
+        "  </os>\n"
+        "  <features>\n    <acpi/>\n  </features>\n"
+        "  <clock offset='utc'/>\n"
+        "  <on_poweroff>destroy</on_poweroff>\n"
+        "  <on_reboot>restart</on_reboot>\n"
+        "  <on_crash>destroy</on_crash>\n"
+        "  <devices>\n"
+        "    <emulator>/usr/bin/qemu-system-x86_64</emulator>\n"
+        "    <controller type='pci' index='0' model='pci-root'/>\n"
+        "    <memballoon model='none'/>\n"
+        "  </devices>\n"
+        "</domain>\n"
+    )
+
+
+def libvirt_header(magic, xml, stream_offset):
+    data_len = stream_offset - 92
+    xb = xml.encode() + b"\0"
+    if len(xb) > data_len:
+        raise Fail("libvirt XML too long")
+    hdr = magic + struct.pack("<IIIII", 2, data_len, 0, 6, 0) + bytes(14 * 4)
+    assert len(hdr) == 92
+    return hdr + xb + bytes(data_len - len(xb))
+
+
+def sparse_copy(src, dst):
+    sfd = os.open(src, os.O_RDONLY)
+    dfd = os.open(dst + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        size = os.fstat(sfd).st_size
+        os.ftruncate(dfd, size)
+        off = 0
+        while off < size:
+            try:
+                d = os.lseek(sfd, off, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    break
+                raise
+            h = os.lseek(sfd, d, os.SEEK_HOLE)
+            p = d
+            while p < h:
+                b = os.pread(sfd, min(8 * MiB, h - p), p)
+                os.pwrite(dfd, b, p)
+                p += len(b)
+            off = h
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+    os.replace(dst + ".tmp", dst)
+
+
+# ---------------------------------------------------------------------------
+# Running QEMU
+# ---------------------------------------------------------------------------
+def kvm_usable(qemu):
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+        os.close(fd)
+    except OSError as e:
+        return False, f"/dev/kvm: {e.strerror}"
+    try:
+        p = subprocess.run([qemu, "-machine", "none", "-accel", "kvm", "-display", "none",
+                            "-nodefaults", "-S", "-qmp", "stdio"],
+                           input=b'{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n',
+                           capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return False, "KVM probe timed out"
+    if p.returncode != 0:
+        return False, "KVM probe failed: " + p.stderr.decode(errors="replace").strip()[-300:]
+    return True, "ok"
+
+
+class Run:
+    """One QEMU process for one scenario."""
+
+    def __init__(self, sc, ctx):
+        self.sc, self.ctx = sc, ctx
+        self.workdir = tempfile.mkdtemp(prefix="mramfs-fx-")
+        self.sock = os.path.join(self.workdir, "qmp.sock")
+        self.proc = None
+        self.q = None
+
+    def start(self):
+        sc, ctx = self.sc, self.ctx
+        args = [ctx.qemu, "-machine", sc.machine_arg, "-accel", ctx.accel, "-m", sc.mem, "-smp", "1",
+                "-display", "none", "-nodefaults", "-no-user-config",
+                "-qmp", f"unix:{self.sock},server=on,wait=off",
+                "-kernel", ctx.guest]
+        if sc.vga:
+            args += ["-vga", "std"]
+        self.args = args
+        os.makedirs(os.path.join(ctx.outdir, "logs"), exist_ok=True)
+        self.logf = open(os.path.join(ctx.outdir, "logs", sc.name + ".log"), "wb")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT)
+        self.q = QMP(self.sock, self.proc, sc.name)
+
+    def qemu_log_tail(self):
+        try:
+            with open(os.path.join(self.ctx.outdir, "logs", self.sc.name + ".log"), "rb") as f:
+                return f.read()[-2000:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            try:
+                if self.q:
+                    self.q.cmd("quit")
+            except Exception:  # noqa: BLE001
+                pass
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if hasattr(self, "logf"):
+            self.logf.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def wait_ready(q, name, timeout):
+    t0 = time.time()
+    while True:
+        b = q.read_phys(READY_GPA, 8)
+        if b == READY:
+            return time.time() - t0
+        if b == ZEROED:
+            raise Fail("guest says ZEROED!! before any key was sent (spurious keyboard byte?)")
+        if time.time() - t0 > timeout:
+            raise Fail(f"guest did not write READY!!! at {READY_GPA:#x} within {timeout}s (saw {b!r})")
+        time.sleep(0.1)
+
+
+def check_markers(q, sc, high):
+    for name in ("virt_marker", "low_marker", "linux_banner"):
+        s = MARKER_STRINGS[name]
+        got = q.read_phys(LOW_MARKERS[name], len(s))
+        if got != s:
+            raise Fail(f"marker {name} at {LOW_MARKERS[name]:#x}: expected {s!r}, got {got!r}")
+    gpa = q.hmp(f"gva2gpa {VIRT_MARKER_VA:#x}").strip()
+    if gpa != f"gpa: {LOW_MARKERS['virt_marker']:#x}":
+        raise Fail(f"gva2gpa {VIRT_MARKER_VA:#x}: {gpa!r}")
+    regions = [PATTERN] + ([HIGH_PATTERN] if high else [])
+    for base, ln in regions:
+        for i in (0, 1, 5, 6, 7, 13, ln // PAGE - 1):
+            g = base + i * PAGE
+            got = q.read_phys(g, 16) + q.read_phys(g + PAGE - 16, 16)
+            exp = pattern_page(g, i)
+            if got != exp[:16] + exp[-16:]:
+                raise Fail(f"pattern page {i} at {g:#x}: got {got.hex()}")
+    if high:
+        got = q.read_phys(HIGH_MARKERS["high_marker"], 8)
+        if got != MARKER_STRINGS["high_marker"]:
+            raise Fail(f"DRAMHIGH missing at {HIGH_MARKERS['high_marker']:#x}: {got!r}")
+    st = q.read_phys(STALE[0], 16) + q.read_phys(STALE[0] + STALE[1] - 16, 16)
+    if st != b"\xa5" * 32:
+        raise Fail(f"stale region not filled with 0xA5: {st.hex()}")
+
+
+def check_pcram(pcram, low, high, live):
+    """The ground truth file must hold the guest's markers at the pc.ram offsets of §6.1."""
+    def at(gpa, n):
+        off = gpa if gpa < (1 << 32) else low + gpa - (1 << 32)
+        return os.pread(fd, n, off)
+    fd = os.open(pcram, os.O_RDONLY)
+    try:
+        for name in ("virt_marker", "low_marker", "linux_banner"):
+            if at(LOW_MARKERS[name], len(MARKER_STRINGS[name])) != MARKER_STRINGS[name]:
+                raise Fail(f"{pcram}: marker {name} not at its pc.ram offset")
+        regions = [PATTERN] + ([HIGH_PATTERN] if high else [])
+        for base, ln in regions:
+            for i in range(ln // PAGE):
+                if at(base + i * PAGE, PAGE) != pattern_page(base + i * PAGE, i):
+                    raise Fail(f"{pcram}: pattern page {base + i * PAGE:#x} wrong")
+        if high and at(HIGH_MARKERS["high_marker"], 8) != MARKER_STRINGS["high_marker"]:
+            raise Fail(f"{pcram}: DRAMHIGH not at pc.ram offset {low + HIGH_MARKERS['high_marker'] - (1 << 32):#x}")
+        want = bytes(STALE[1]) if live else b"\xa5" * STALE[1]
+        if at(STALE[0], STALE[1]) != want:
+            raise Fail(f"{pcram}: stale region is not {'zero' if live else '0xA5'}")
+        if at(READY_GPA, 8) != (ZEROED if live else READY):
+            raise Fail(f"{pcram}: wrong marker at {READY_GPA:#x}")
+    finally:
+        os.close(fd)
+
+
+def migrate(run, uri, caps, params, live_hook=None, timeout=600):
+    q = run.q
+    q.cmd("migrate-set-capabilities",
+          capabilities=[{"capability": k, "state": v} for k, v in caps.items()])
+    if params:
+        q.cmd("migrate-set-parameters", **params)
+    q.cmd("migrate", uri=uri)
+    t0 = time.time()
+    hooked = False
+    while True:
+        st = q.cmd("query-migrate")
+        status = st.get("status")
+        if status == "completed":
+            if live_hook and not hooked:
+                raise Retry("live migration completed before the key was sent; nothing would be tested")
+            return st
+        if status in ("failed", "cancelled"):
+            raise Fail(f"migration {status}: {st.get('error-desc', '(no error-desc)')}")
+        if live_hook and not hooked:
+            if live_hook(st):
+                hooked = True
+        if time.time() - t0 > timeout:
+            raise Fail(f"migration still {status} after {timeout}s")
+        time.sleep(0.01 if live_hook and not hooked else 0.05)
+
+
+def run_scenario(sc, ctx):
+    name = sc.name
+    t_start = time.time()
+    run = Run(sc, ctx)
+    path = os.path.join(ctx.outdir, name + sc.ext)
+    pcram = os.path.join(ctx.outdir, name + ".pcram")
+    for p in (path, pcram):
+        if os.path.exists(p):
+            os.unlink(p)
+    ram = sc.ram_bytes
+    low = lowmem(sc.machine_family, ram)
+    high = ram > low and (1 << 32) + (ram - low) >= HIGH_PATTERN[0] + HIGH_PATTERN[1]
+    stream_offset = LIBVIRT_STREAM_OFFSET if sc.libvirt else 0
+    entry = {"name": name, "description": sc.desc}
+    live_info = {}
+    try:
+        run.start()
+        qemu_version = run.q.version["qemu"]
+        machines = run.q.cmd("query-machines")
+        fam = sc.machine_family
+        resolved = next((m["name"] for m in machines if m.get("alias") == fam or m["name"] == fam), None)
+        if resolved is None:
+            raise Fail(f"QEMU does not know machine {fam}")
+        boot = wait_ready(run.q, name, ctx.boot_timeout)
+        log(name, f"guest ready after {boot:.1f}s ({ctx.accel})")
+        check_markers(run.q, sc, high)
+        if not sc.live:
+            run.q.cmd("stop")
+        caps = {"mapped-ram": sc.kind != "classic"}
+        if sc.multifd:
+            caps["multifd"] = True
+        params = {}
+        if sc.multifd:
+            params["multifd-channels"] = 4
+        uri = f"file:{path}" + (f",offset={stream_offset}" if stream_offset else "")
+        prefix_survived = None
+        if sc.libvirt:
+            # Write the header BEFORE migrating too, to record whether QEMU keeps it.
+            with open(path, "wb") as f:
+                f.write(libvirt_header(b"LibvirtQemudPart", libvirt_xml(resolved, ram), stream_offset))
+        hook = None
+        if sc.live:
+            # Pace pass 1 by watching the file: QEMU pwrite()s pages in ascending order, so
+            # once the last stale page holds 0xA5 the region is in the file. Then throttle
+            # the migration to a crawl (10 B/s ~ one page per 100 ms window), so pass 1
+            # cannot finish and converge while the guest zeroes the region.
+            params["max-bandwidth"] = 8 * MiB
+            stale_first = STALE[0]
+            stale_last = STALE[0] + STALE[1] - PAGE
+
+            def page_in_file(off):
+                try:
+                    with open(path, "rb") as f:
+                        f.seek(live_info["po"] + off)
+                        return f.read(PAGE) == b"\xa5" * PAGE
+                except OSError:
+                    return False
+
+            def ram_stats():
+                st = run.q.cmd("query-migrate")
+                r = st.get("ram", {})
+                return st.get("status"), {k: r.get(k) for k in
+                                          ("transferred", "dirty-sync-count", "normal", "duplicate")}
+
+            def hook(st):
+                if "po" not in live_info:
+                    try:
+                        inf = parse_stream(path, 0, stop_after_block="pc.ram")
+                        live_info["po"] = next(b for b in inf["blocks"] if b["name"] == "pc.ram")["pages_offset"]
+                    except (Fail, StopIteration, OSError):
+                        return False
+                if "slow" not in live_info:
+                    if not page_in_file(stale_first):
+                        return False
+                    run.q.cmd("migrate-set-parameters", **{"max-bandwidth": 1 * MiB})
+                    live_info["slow"] = True
+                if not page_in_file(stale_last):
+                    return False
+                run.q.cmd("migrate-set-parameters", **{"max-bandwidth": 10})
+                status, live_info["at_key"] = ram_stats()
+                if status != "active":
+                    raise Retry(f"live migration is '{status}' before the key could be sent")
+                log(name, f"stale region is in the file; sending a key (ram {live_info['at_key']})")
+                run.q.cmd("send-key", keys=[{"type": "qcode", "data": "a"}])
+                t0 = time.time()
+                while run.q.read_phys(READY_GPA, 8) != ZEROED:
+                    if time.time() - t0 > 30:
+                        raise Fail("guest did not write ZEROED!! after send-key")
+                    time.sleep(0.02)
+                status, live_info["at_zeroed"] = ram_stats()
+                if status != "active":
+                    raise Retry(f"live migration '{status}' before the guest zeroed the region")
+                log(name, "guest zeroed the stale region; letting the migration finish")
+                run.q.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+                return True
+        t_mig = time.time()
+        st = migrate(run, uri, caps, params, live_hook=hook)
+        mig_secs = time.time() - t_mig
+        log(name, f"migration completed in {mig_secs:.1f}s")
+        status = run.q.cmd("query-status")
+        if status.get("running"):
+            raise Fail(f"guest still running after the migration: {status}")
+        ready_now = run.q.read_phys(READY_GPA, 8)
+        if ready_now != (ZEROED if sc.live else READY):
+            raise Fail(f"unexpected marker at {READY_GPA:#x} after saving: {ready_now!r}")
+        # ground truth, guest paused
+        ramblock_raw = run.q.hmp("info ramblock")
+        ramblocks = parse_ramblocks(ramblock_raw)
+        if not any(b["name"] == "pc.ram" for b in ramblocks):
+            raise Fail(f"cannot parse info ramblock:\n{ramblock_raw}")
+        regs_raw = run.q.hmp("info registers")
+        regs = parse_registers(regs_raw)
+        if regs.get("CR3") != CR3:
+            raise Fail(f"CR3 is {regs.get('CR3')}, expected {CR3:#x}")
+        for k, v in GUEST_REGS.items():
+            if regs.get(k) != v:
+                raise Fail(f"{k} is {regs.get(k)}, expected {v:#x}")
+        parts = [(0, min(ram, low), 0)]
+        if ram > low:
+            parts.append((1 << 32, ram - low, low))
+        t_pm = time.time()
+        pmemsave_sparse(run.q, parts, pcram, ram, run.workdir)
+        log(name, f"pmemsave ground truth in {time.time() - t_pm:.1f}s")
+    except Fail as e:
+        tail = run.qemu_log_tail()
+        raise type(e)(f"{e}" + (f"\n--- QEMU log tail ---\n{tail}" if tail.strip() else "")) from None
+    finally:
+        run.stop()
+
+    os.chmod(path, 0o644)
+    libvirt = None
+    if sc.libvirt:
+        with open(path, "r+b") as f:
+            head = f.read(stream_offset)
+            prefix_survived = head[:16] == b"LibvirtQemudPart"
+            if not prefix_survived and head != bytes(stream_offset):
+                raise Fail(f"QEMU wrote non-zero bytes into the first {stream_offset} bytes")
+            xml = libvirt_xml(resolved, ram)
+            f.seek(0)
+            f.write(libvirt_header(b"LibvirtQemudSave", xml, stream_offset))
+        libvirt = {"magic": "LibvirtQemudSave", "version": 2, "data_len": stream_offset - 92,
+                   "was_running": 0, "format": 6, "cookie_offset": 0, "xml": xml,
+                   "prefix_written_before_migration_survived": prefix_survived}
+
+    check_pcram(pcram, low, high, sc.live)
+
+    # self-check with the independent reader
+    info = parse_stream(path, stream_offset)
+    if info["machine_type"] != resolved:
+        raise Fail(f"machine type in file {info['machine_type']} != QEMU's {resolved}")
+    if sc.kind == "classic":
+        if info["mapped_ram"]:
+            raise Fail("classic file lists mapped-ram")
+    elif info["capabilities"] != ["mapped-ram"]:
+        raise Fail(f"unexpected capabilities {info['capabilities']}")
+    if sc.vmdesc and not info["vmdesc"]:
+        raise Fail("no vmdesc JSON at the end of the file")
+    if not sc.vmdesc and (info["vmdesc"] or info["last_byte"] != 0):
+        raise Fail("suppress-vmdesc: file does not end with the EOF byte")
+    file_blocks = {b["name"]: b["used_length"] for b in info["blocks"]}
+    qemu_blocks = {b["name"]: b["used_length"] for b in ramblocks}
+    if file_blocks != qemu_blocks:
+        raise Fail(f"block list differs from info ramblock: file {file_blocks} qemu {qemu_blocks}")
+    classic_pages = info.pop("pages") if sc.kind == "classic" else None
+    info.pop("pages", None)
+    cmp = compare_main_ram(path, info, pcram, low, [LEGACY_WINDOW], classic_pages)
+    if cmp["mismatch_count"]:
+        raise Fail(f"pc.ram differs from pmemsave outside {LEGACY_WINDOW}: {cmp['mismatch_ranges'][:10]}")
+    if not sc.live and cmp.get("clear_bit_data_count"):
+        raise Fail(f"stopped guest but pages with data and a clear bit: {cmp['clear_bit_data_ranges'][:10]}")
+    if cmp.get("set_bit_zero_count"):
+        raise Fail(f"bits set for zero pages: {cmp['set_bit_zero_ranges'][:10]}")
+    stale_region = None
+    if sc.live:
+        n = STALE[1] // PAGE
+        stale_ranges = [[STALE[0], STALE[0] + STALE[1]]]
+        if cmp["clear_bit_data_a5_pages"] != n or cmp["clear_bit_data_ranges"] != stale_ranges:
+            raise Fail(f"live save: expected exactly the {n} stale pages with 0xA5 data and clear bits, got "
+                       f"{cmp['clear_bit_data_a5_pages']} (ranges {cmp['clear_bit_data_ranges'][:10]})")
+        stale_region = {"gpa": STALE[0], "length": STALE[1], "fill_in_pages_region": 0xA5,
+                        "bits": "clear", "guest_value": 0}
+    log(name, f"self-check ok: {cmp['bits_set']} bits set / {cmp['pages']} pages; legacy-window pages "
+              f"differing: {cmp['excluded_diff_count']}")
+
+    markers = dict(LOW_MARKERS)
+    if high:
+        markers.update(HIGH_MARKERS)
+    entry.update({
+        "file": os.path.basename(path),
+        "kind": sc.kind,
+        "machine_arg": sc.machine_arg,
+        "machine_type": info["machine_type"],
+        "ram_bytes": ram,
+        "multifd": sc.multifd,
+        "multifd_channels": 4 if sc.multifd else None,
+        "accel": ctx.accel,
+        "live": sc.live,
+        "vmdesc": sc.vmdesc,
+        "vga": sc.vga,
+        "stream_offset": stream_offset,
+        "libvirt": libvirt,
+        "ramblocks": ramblocks,
+        "info_ramblock_raw": ramblock_raw,
+        "pcram": os.path.basename(pcram),
+        "pcram_layout": [{"gpa": g, "length": n, "pcram_offset": o} for g, n, o in parts],
+        "lowmem": low,
+        "compare_exclude": [LEGACY_WINDOW],
+        "info_registers_raw": regs_raw,
+        "registers": regs,
+        "registers_hex": {k: f"{v:#x}" for k, v in regs.items() if isinstance(v, int)},
+        "markers": markers,
+        "virtual_markers": {"virt_marker": {"va": VIRT_MARKER_VA, "va_hex": f"{VIRT_MARKER_VA:#x}",
+                                            "gpa": LOW_MARKERS["virt_marker"]}},
+        "ready_marker_at_save": ready_now.decode(),
+        "stale_region": stale_region,
+        "file_size": os.path.getsize(path),
+        "file_info": info,
+        "self_check": cmp,
+        "migration": {"total_time_ms": st.get("total-time"), "downtime_ms": st.get("downtime"),
+                      "dirty_sync_count": st.get("ram", {}).get("dirty-sync-count"),
+                      "live": live_info or None, "seconds": round(mig_secs, 2)},
+        "qemu_version": qemu_version,
+        "qemu_args": run.args[1:],
+        "seconds": round(time.time() - t_start, 2),
+    })
+    return entry
+
+
+def make_part(base_entry, sc, ctx):
+    src = os.path.join(ctx.outdir, base_entry["file"])
+    dst = os.path.join(ctx.outdir, sc.name + sc.ext)
+    sparse_copy(src, dst)
+    with open(dst, "r+b") as f:
+        if f.read(16) != b"LibvirtQemudSave":
+            raise Fail(f"{src} does not start with LibvirtQemudSave")
+        f.seek(0)
+        f.write(b"LibvirtQemudPart")
+    e = json.loads(json.dumps(base_entry))
+    e.update({"name": sc.name, "description": sc.desc, "file": os.path.basename(dst), "kind": sc.kind,
+              "derived_from": base_entry["name"]})
+    e["libvirt"]["magic"] = "LibvirtQemudPart"
+    e["file_size"] = os.path.getsize(dst)
+    info = parse_stream(dst, e["stream_offset"])
+    info.pop("pages", None)
+    if info["blocks"] != base_entry["file_info"]["blocks"]:
+        raise Fail("libvirt-part copy parses differently from its source")
+    log(sc.name, f"copied from {base_entry['name']} with magic LibvirtQemudPart")
+    return e
+
+
+class Ctx:
+    pass
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Make real QEMU mapped-ram fixtures + ground truth.")
+    ap.add_argument("outdir", nargs="?")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="only these scenarios")
+    ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    ap.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="QEMU instances at a time (default: min(2, CPUs))")
+    ap.add_argument("--qemu", default=os.environ.get("QEMU", "qemu-system-x86_64"))
+    ap.add_argument("--boot-timeout", type=float, default=180)
+    a = ap.parse_args()
+
+    if a.list:
+        for s in SCENARIOS:
+            print(f"{s.name:22} {s.desc}")
+        return 0
+    if not a.outdir:
+        ap.error("OUTDIR is required")
+    names = a.only or [s.name for s in SCENARIOS]
+    for n in names:
+        if n not in BY_NAME:
+            print(f"make-fixtures: unknown scenario {n!r} (see --list)", file=sys.stderr)
+            return 2
+    sel = [s for s in SCENARIOS if s.name in names]
+    # derived scenarios need their source in this run
+    for s in list(sel):
+        if s.derived_from and BY_NAME[s.derived_from] not in sel:
+            sel.insert(0, BY_NAME[s.derived_from])
+
+    ctx = Ctx()
+    ctx.outdir = os.path.abspath(a.outdir)
+    if "," in ctx.outdir:
+        print("make-fixtures: OUTDIR must not contain a comma (QEMU file: URI)", file=sys.stderr)
+        return 2
+    os.makedirs(ctx.outdir, exist_ok=True)
+    ctx.qemu = shutil.which(a.qemu)
+    if not ctx.qemu:
+        print(f"make-fixtures: {a.qemu} not found (install qemu-system-x86, e.g. scripts/install-deps.sh)",
+              file=sys.stderr)
+        return 1
+    ver = subprocess.run([ctx.qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    ctx.boot_timeout = a.boot_timeout
+    if a.accel == "auto":
+        ok, why = kvm_usable(ctx.qemu)
+        ctx.accel = "kvm" if ok else "tcg"
+        if not ok:
+            print(f"make-fixtures: KVM not usable ({why}); using TCG", file=sys.stderr)
+    else:
+        ctx.accel = a.accel
+    r = subprocess.run(["bash", BUILD_GUEST, ctx.outdir], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"make-fixtures: building the guest failed:\n{r.stdout}{r.stderr}", file=sys.stderr)
+        return 1
+    ctx.guest = os.path.join(ctx.outdir, "guest.elf")
+    print(f"make-fixtures: {ver}; accel {ctx.accel}; {len(sel)} scenario(s) into {ctx.outdir}", flush=True)
+
+    t0 = time.time()
+    results = {}
+    direct = [s for s in sel if not s.derived_from]
+    failed = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as ex:
+        def attempt(s):
+            for n in range(3):
+                try:
+                    return run_scenario(s, ctx)
+                except Retry as e:
+                    if n == 2:
+                        raise
+                    log(s.name, f"timing race ({e}); trying again")
+        futs = {ex.submit(attempt, s): s for s in direct}
+        for f in concurrent.futures.as_completed(futs):
+            s = futs[f]
+            try:
+                results[s.name] = f.result()
+            except Exception as e:  # noqa: BLE001
+                failed.append((s.name, e))
+                log(s.name, f"FAILED: {e}")
+    if not failed:
+        for s in sel:
+            if s.derived_from:
+                try:
+                    results[s.name] = make_part(results[s.derived_from], s, ctx)
+                except Exception as e:  # noqa: BLE001
+                    failed.append((s.name, e))
+    if failed:
+        print("make-fixtures: FAILED:", file=sys.stderr)
+        for n, e in failed:
+            print(f"  {n}: {e}", file=sys.stderr)
+        return 1
+
+    mpath = os.path.join(ctx.outdir, "manifest.json")
+    old = {}
+    if a.only and os.path.exists(mpath):
+        try:
+            with open(mpath) as f:
+                for e in json.load(f).get("scenarios", []):
+                    if os.path.exists(os.path.join(ctx.outdir, e.get("file", ""))):
+                        old[e["name"]] = e
+        except (OSError, ValueError):
+            old = {}
+    old.update(results)
+    manifest = {
+        "format": 1,
+        "generator": "scripts/make-fixtures.py",
+        "qemu_version": ver,
+        "guest": {
+            "file": "guest.elf",
+            "cr3": CR3,
+            "ready_gpa": READY_GPA,
+            "ready_values": [READY.decode(), ZEROED.decode()],
+            "heartbeat_gpa": HEARTBEAT_GPA,
+            "marker_strings": {k: v.decode() for k, v in MARKER_STRINGS.items()},
+            "patterns": [
+                {"gpa": PATTERN[0], "length": PATTERN[1], "only_if_high_ram": False},
+                {"gpa": HIGH_PATTERN[0], "length": HIGH_PATTERN[1], "only_if_high_ram": True},
+            ],
+            "pattern_rule": "page i of a pattern region (GPA g) holds u64 little-endian (g | 1) repeated "
+                            "512 times; pages with i % 7 == 6 are zero",
+            "stale": {"gpa": STALE[0], "length": STALE[1], "fill": 0xA5,
+                      "zeroed_after_key": True},
+            "virtual_markers": {"virt_marker": {"va": VIRT_MARKER_VA, "va_hex": f"{VIRT_MARKER_VA:#x}",
+                                                "gpa": LOW_MARKERS["virt_marker"]}},
+            "registers": GUEST_REGS,
+            "registers_hex": {k: f"{v:#x}" for k, v in GUEST_REGS.items()},
+            "note": "64-bit values above 2^53 are also given as hex strings (*_hex) for JSON readers "
+                    "that parse numbers as doubles",
+        },
+        "scenarios": [old[s.name] for s in SCENARIOS if s.name in old],
+    }
+    with open(mpath + ".tmp", "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+    os.replace(mpath + ".tmp", mpath)
+    print(f"make-fixtures: {len(results)} scenario(s) ok in {time.time() - t0:.1f}s; wrote {mpath}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
