@@ -63,6 +63,8 @@ public final class MigrationFile: Sendable {
   public let warnings: [String]
   /// The options the file was opened with.
   public let options: OpenOptions
+  /// Offset right after a classic START's block list, where page records may follow.
+  public let ramListEnd: UInt64?
 
   /// The file's path.
   public var path: String { file.path }
@@ -96,6 +98,7 @@ public final class MigrationFile: Sendable {
     devicesUnavailableReason = p.devicesUnavailableReason
     isComplete = p.isComplete
     warnings = p.warnings
+    ramListEnd = p.ramListEnd
   }
 
   /// The index of the block named `name`, if any.

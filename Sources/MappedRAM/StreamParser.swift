@@ -51,6 +51,8 @@ struct StreamParser {
   var devicesUnavailableReason: String? = nil
   var isComplete = false
   var warnings: [String] = []
+  /// Offset right after the block list of a classic START, where page records may follow.
+  var ramListEnd: UInt64? = nil
 
   /// Section ids seen in START/FULL records, with their names.
   private var sectionNames: [UInt32: String] = [:]
@@ -439,6 +441,7 @@ struct StreamParser {
           "word \(hex(w2)), expected EOS (0x10): the blocks' lengths add up to the MEM_SIZE total \(hex(memorySize)) but more data follows")
       }
     } else {
+      ramListEnd = c.offset
       try skipClassicRecords(&c)
     }
     try expectFooter(&c, id: ramSectionID, "ram section footer")

@@ -21,6 +21,16 @@ public struct MountConfiguration: Sendable {
   public var cacheTimeout: Duration = .seconds(86400)
   /// The largest read the kernel sends (`max_read`).
   public var maxRead = 1 << 20
+  /// How present pages reach the kernel.
+  public var readStrategy: ReadStrategy = .pread
+
+  /// How present pages reach the kernel.
+  public enum ReadStrategy: String, Sendable {
+    /// `pread` into a per-thread buffer, then `fuse_reply_buf`.
+    case pread
+    /// `fuse_reply_data` with file segments that libfuse may splice from the image's descriptor.
+    case splice
+  }
 
   /// The defaults: page cache with keep_cache, day-long timeouts, 1 MiB reads.
   public init() {}
@@ -38,6 +48,8 @@ public final class MramFileSystem: FileSystem {
   public let configuration: MountConfiguration
   let tree: Tree
   let buffers: WorkerBuffer
+  /// Per-thread room for the segments of one spliced reply (at most one per page, plus one).
+  let segmentBuffers: WorkerBuffer
   let logger: Logger
   let uid: UInt32
   let gid: UInt32
@@ -54,6 +66,7 @@ public final class MramFileSystem: FileSystem {
     let info = Array(InfoDocument(file).json().utf8)
     tree = Tree(blockPaths: paths, generated: [("info.json", info)])
     buffers = WorkerBuffer(capacity: configuration.maxRead + 4096)
+    segmentBuffers = WorkerBuffer(capacity: (configuration.maxRead / 4096 + 2) * MemoryLayout<DataSegment>.stride)
     uid = configuration.uid ?? file.file.owner.uid
     gid = configuration.gid ?? file.file.owner.gid
     time = FileTime(seconds: Int64(file.file.modificationTime.seconds), nanoseconds: Int32(file.file.modificationTime.nanoseconds))
@@ -92,6 +105,9 @@ public final class MramFileSystem: FileSystem {
 
   public func initialize(connection: Connection) {
     connection.maxRead = UInt32(configuration.maxRead)
+    if configuration.readStrategy == .splice {
+      _ = connection.enable([.spliceWrite, .spliceMove])
+    }
   }
 
   public func lookup(_ request: Request, parent: INode, name: String, reply: consuming ReplyEntry) {
@@ -132,6 +148,8 @@ public final class MramFileSystem: FileSystem {
       let start = min(Int(clamping: offset), bytes.count)
       let end = min(bytes.count, start + size)
       reply.bytes(bytes[start..<end])
+    case .block(let index) where configuration.readStrategy == .splice:
+      spliceRead(index: index, offset: UInt64(offset), size: size, reply: reply)
     case .block(let index):
       let buffer = buffers.current
       let want = min(size, buffer.count)
@@ -146,6 +164,41 @@ public final class MramFileSystem: FileSystem {
         reply.error(.ioError)
       }
     }
+  }
+
+  /// Answers a read with file segments for present runs and shared zeros for holes; no copy in user space.
+  func spliceRead(index: Int, offset: UInt64, size: Int, reply: consuming ReplyData) {
+    let b = file.blocks[index]
+    guard offset < b.length, size > 0, let bitmap = b.bitmap else { return reply.bytes(UnsafeRawBufferPointer(start: nil, count: 0)) }
+    let end = min(b.length, offset + UInt64(size))
+    let ps = b.pageSize
+    let lastPage = (end - 1) / ps + 1
+    let raw = segmentBuffers.current
+    let capacity = raw.count / MemoryLayout<DataSegment>.stride
+    let segs = raw.baseAddress!.bindMemory(to: DataSegment.self, capacity: capacity)
+    var n = 0
+    var pos = offset
+    while pos < end && n < capacity {
+      let page = pos / ps
+      if bitmap.isSet(page) {
+        let stop = min((bitmap.nextClear(from: page, limit: lastPage) ?? lastPage) * ps, end)
+        let at = b.pagesOffset + pos
+        guard at + (stop - pos) <= file.file.size else {
+          if readErrors.add(1, ordering: .relaxed).oldValue == 0 {
+            logger.error("block \(b.name): present page \(page) lies past the end of the image; answering EIO (logged once)")
+          }
+          return reply.error(.ioError)
+        }
+        (segs + n).initialize(to: .file(file.file.descriptor, offset: Int64(at), count: Int(stop - pos)))
+        pos = stop
+      } else {
+        let stop = min((bitmap.nextSet(from: page, limit: lastPage) ?? lastPage) * ps, end)
+        (segs + n).initialize(to: .zeros(Int(stop - pos)))
+        pos = stop
+      }
+      n += 1
+    }
+    reply.segments(UnsafeBufferPointer(start: segs, count: n))
   }
 
   public func release(

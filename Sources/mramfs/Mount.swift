@@ -30,6 +30,7 @@ extension Mramfs {
           allow_other          let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root)
           default_permissions  let the kernel check permissions from the mode bits
           direct_io            bypass the page cache: fastest for one pass (cp, dd), slower for re-reads
+          read=pread|splice    how pages reach the kernel (default pread; splice moves them from the image without a copy)
           threads=N            worker threads (default 8)
           nofollow             refuse an image path that is a symbolic link
           force                open an interrupted save (same as --force)
@@ -135,6 +136,12 @@ extension Mramfs {
       config.uid = mountOptions.uid
       config.gid = mountOptions.gid
       config.directIO = mountOptions.directIO
+      config.readStrategy = mountOptions.readStrategy
+      if config.readStrategy == .splice {
+        // A spliced 1 MiB reply needs a pipe larger than fs.pipe-max-size allows without
+        // CAP_SYS_RESOURCE; 252 pages keep every reply spliced (see the README's figures).
+        config.maxRead = 1_032_192
+      }
       let fs = MramFileSystem(file: migration, configuration: config, logger: logger)
       var fuseOptions = ["ro", "fsname=\(fsname(file))", "subtype=mramfs", "max_read=\(config.maxRead)"]
       fuseOptions += mountOptions.fuseOptions
@@ -192,6 +199,7 @@ struct MountOptions {
   var uid: UInt32?
   var gid: UInt32?
   var directIO = false
+  var readStrategy = MountConfiguration.ReadStrategy.pread
   var threads = 8
   var nofollow = false
   var force = false
@@ -216,6 +224,11 @@ struct MountOptions {
           guard let v = value.flatMap(UInt32.init) else { throw ValidationError("-o \(key)= needs a number") }
           if key == "uid" { uid = v } else { gid = v }
         case "direct_io": directIO = true
+        case "read":
+          guard let v = value.flatMap(MountConfiguration.ReadStrategy.init(rawValue:)) else {
+            throw ValidationError("-o read= takes pread or splice")
+          }
+          readStrategy = v
         case "threads":
           guard let v = value.flatMap(Int.init), v >= 1, v <= 256 else {
             throw ValidationError("-o threads= needs a number from 1 to 256")

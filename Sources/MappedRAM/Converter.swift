@@ -1,0 +1,162 @@
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Where each page of a classic stream's blocks ends up after replaying every
+/// RAM record: the last write of a page wins, and a ZERO record clears it.
+public final class ClassicPageIndex: @unchecked Sendable {
+  /// Per block: sorted pages that hold data, and the file offset of each one's last PAGE record.
+  public let pages: [[UInt64]]
+  public let offsets: [[UInt64]]
+
+  /// Replays the ram records of `file` (a classic stream).
+  public init(file: MigrationFile) throws(FormatError) {
+    precondition(file.format == .classic)
+    var latest = [[UInt64: UInt64]](repeating: [:], count: file.blocks.count)
+    var bodies: [UInt64] = []
+    if let start = file.ramListEnd { bodies.append(start) }
+    for r in file.records where (r.kind == .sectionPart || r.kind == .sectionEnd) && r.sectionID == file.ramSectionID {
+      bodies.append(r.offset + 5)
+    }
+    let mask: UInt64 = 4095
+    var current: Int? = nil
+    for bodyStart in bodies {
+      var c = StreamCursor(file: file.file, offset: bodyStart)
+      while true {
+        let at = c.offset
+        let w = try c.readUInt64BE("ram page record")
+        let flags = w & mask
+        if flags & RAMFlag.eos != 0 { break }
+        if flags == RAMFlag.multifdFlush { continue }
+        if flags & (RAMFlag.xbzrle | RAMFlag.hook | RAMFlag.compressPage) != 0 {
+          throw FormatError(.unsupported, "ram page record", at: at, "flags \(hex(flags)): XBZRLE, RDMA or compressed pages cannot be converted")
+        }
+        if flags & RAMFlag.continue == 0 {
+          let len = try c.readUInt8("ram page record")
+          let name = try c.readBytes(Int(len), "ram page record")
+          current = file.blocks.firstIndex { $0.name.bytes == name }
+        }
+        guard let b = current else {
+          throw FormatError(.badValue, "ram page record", at: at, "page for an unknown block")
+        }
+        let page = (w & ~mask) / 4096
+        if flags & RAMFlag.zero != 0 {
+          let fill = try c.readUInt8("ram zero-page record")
+          if fill == 0 { latest[b].removeValue(forKey: page) } else {
+            throw FormatError(.unsupported, "ram zero-page record", at: at, "fill byte \(hex(fill)), expected 0")
+          }
+        } else {
+          latest[b][page] = c.offset
+          try c.skip(4096, "ram page record")
+        }
+      }
+    }
+    var pages: [[UInt64]] = []
+    var offsets: [[UInt64]] = []
+    for d in latest {
+      let keys = d.keys.sorted()
+      pages.append(keys)
+      offsets.append(keys.map { d[$0]! })
+    }
+    self.pages = pages
+    self.offsets = offsets
+  }
+}
+
+/// The pages of one classic block, from a ``ClassicPageIndex``.
+public struct ClassicBlockSource: PageSource {
+  let file: MigrationFile
+  let index: ClassicPageIndex
+  let block: Int
+  public init(file: MigrationFile, index: ClassicPageIndex, block: Int) {
+    self.file = file
+    self.index = index
+    self.block = block
+  }
+
+  func position(_ page: UInt64) -> Int {
+    var lo = 0
+    var hi = index.pages[block].count
+    while lo < hi {
+      let mid = (lo + hi) / 2
+      if index.pages[block][mid] < page { lo = mid + 1 } else { hi = mid }
+    }
+    return lo
+  }
+
+  public func page(_ page: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(FormatError) -> Bool {
+    let i = position(page)
+    guard i < index.pages[block].count, index.pages[block][i] == page else { return false }
+    try file.file.read(into: buffer, at: index.offsets[block][i], "ram page record")
+    return true
+  }
+
+  public func nextCandidate(from page: UInt64) -> UInt64? {
+    let i = position(page)
+    return i < index.pages[block].count ? index.pages[block][i] : nil
+  }
+}
+
+/// Turns classic streams into mapped-ram ones and back, keeping every other record.
+public enum Converter {
+  /// The plan that rewrites `file` in `format`: same machine, blocks, device sections and
+  /// commands; RAM laid out as `format` wants.
+  public static func plan(_ file: MigrationFile, to format: StreamFormat, alignment: UInt64 = 1 << 20, threads: Int = 2)
+    throws(FormatError) -> StreamPlan
+  {
+    guard file.isComplete else {
+      throw FormatError(.incomplete, "stream", at: file.file.size, "the stream is not complete; mramfs does not convert a partial save")
+    }
+    guard let machine = file.machineType else {
+      throw FormatError(.unsupported, "configuration record", at: file.streamOffset + 8, "the stream has no configuration record, so QEMU could not check the result")
+    }
+    if format != .classic && file.capabilities.contains("x-ignore-shared") {
+      throw FormatError(
+        .unsupported, "configuration record", at: file.streamOffset + 8,
+        "capability x-ignore-shared: QEMU 10 cannot load x-ignore-shared with mapped-ram, so this would be a wrong file")
+    }
+    var plan = StreamPlan(machineType: machine)
+    plan.format = format
+    plan.capabilities = file.capabilities
+    plan.uuid = file.uuid
+    plan.targetPageBits = file.targetPageBits
+    plan.alignment = alignment
+    plan.threads = threads
+    plan.ramSectionID = file.ramSectionID
+    if file.streamOffset > 0 {
+      var prefix = try file.file.bytes(at: 0, count: file.streamOffset, "prefix")
+      if file.libvirt != nil, prefix.count >= 32 {
+        // The libvirt header's image format: 6 (sparse) for mapped-ram, 0 (raw) for classic.
+        let le = UInt32(prefix[16]) | UInt32(prefix[17]) << 8 | UInt32(prefix[18]) << 16 | UInt32(prefix[19]) << 24
+        let value: UInt32 = format == .classic ? 0 : 6
+        let bytes = (0..<4).map { UInt8(truncatingIfNeeded: value >> (8 * UInt32($0))) }
+        prefix.replaceSubrange(28..<32, with: le <= 2 ? bytes : bytes.reversed())
+      }
+      plan.prefix = prefix
+    }
+    let classicIndex = file.format == .classic ? try ClassicPageIndex(file: file) : nil
+    for (i, b) in file.blocks.enumerated() {
+      let source: any PageSource =
+        classicIndex.map { ClassicBlockSource(file: file, index: $0, block: i) } ?? MigrationBlockSource(file: file, index: i)
+      plan.blocks.append(BlockPlan(name: b.name, length: b.length, source: source))
+    }
+    // Records between the ram START and END that are not ram's own, then everything after the END.
+    let recs = file.records
+    guard let startIndex = recs.firstIndex(where: { $0.kind == .sectionStart && $0.sectionID == file.ramSectionID }),
+      let endIndex = recs.firstIndex(where: { $0.kind == .sectionEnd && $0.sectionID == file.ramSectionID }),
+      endIndex + 1 < recs.count
+    else {
+      throw FormatError(.incomplete, "stream", at: file.streamOffset, "no ram END section followed by more records was found")
+    }
+    var middle: [UInt8] = []
+    for k in startIndex + 1..<endIndex {
+      let r = recs[k]
+      if r.sectionID == file.ramSectionID && (r.kind == .sectionPart || r.kind == .sectionEnd) { continue }
+      middle += try file.file.bytes(at: r.offset, count: recs[k + 1].offset - r.offset, "record")
+    }
+    plan.middle = middle
+    let tailStart = recs[endIndex + 1].offset
+    plan.tail = try file.file.bytes(at: tailStart, count: file.file.size - tailStart, "device sections")
+    return plan
+  }
+}

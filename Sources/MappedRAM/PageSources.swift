@@ -1,0 +1,145 @@
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Pages from raw files: a block's byte ranges mapped onto ranges of one file.
+///
+/// Holes in a sparse input are skipped with `SEEK_DATA`, so a mostly empty
+/// multi-GiB dump costs only its data.
+public final class RawFileSource: PageSource, @unchecked Sendable {
+  /// One contiguous range: block bytes `[blockOffset, blockOffset + length)` come from file offset `fileOffset`.
+  public struct Segment: Sendable {
+    public var blockOffset: UInt64
+    public var fileOffset: UInt64
+    public var length: UInt64
+    public init(blockOffset: UInt64, fileOffset: UInt64, length: UInt64) {
+      self.blockOffset = blockOffset
+      self.fileOffset = fileOffset
+      self.length = length
+    }
+  }
+
+  let file: ImageFile
+  let segments: [Segment]
+  let pageSize: UInt64 = 4096
+
+  /// Reads from `file` through `segments` (sorted, non-overlapping).
+  public init(file: ImageFile, segments: [Segment]) {
+    self.file = file
+    self.segments = segments
+  }
+
+  public func page(_ page: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(FormatError) -> Bool {
+    memset(buffer.baseAddress!, 0, buffer.count)
+    let start = page * pageSize
+    var any = false
+    for s in segments where s.blockOffset < start + pageSize && start < s.blockOffset + s.length {
+      let from = max(start, s.blockOffset)
+      let to = min(start + pageSize, s.blockOffset + s.length)
+      let fileFrom = s.fileOffset + (from - s.blockOffset)
+      guard fileFrom < file.size else { continue }
+      let count = Int(min(to - from, file.size - fileFrom))
+      let into = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(from - start)..<Int(from - start) + count])
+      try file.read(into: into, at: fileFrom, "input \(quoted(Array(file.path.utf8)))")
+      any = true
+    }
+    return any
+  }
+
+  public func nextCandidate(from page: UInt64) -> UInt64? {
+    let pos = page * pageSize
+    for s in segments where s.blockOffset + s.length > pos {
+      let inSeg = max(pos, s.blockOffset)
+      let fileAt = s.fileOffset + (inSeg - s.blockOffset)
+      guard fileAt < file.size else { continue }
+      let d = lseek(file.descriptor.rawValue, off_t(fileAt), 3 /* SEEK_DATA */)
+      if d < 0 {
+        if errno == ENXIO { continue }
+        return inSeg / pageSize
+      }
+      let data = UInt64(d)
+      let segEnd = s.fileOffset + s.length
+      if data >= segEnd { continue }
+      return (s.blockOffset + (data - s.fileOffset)) / pageSize
+    }
+    return nil
+  }
+}
+
+/// Pages of a block of an open migration file (mapped-ram or fixed-ram).
+public struct MigrationBlockSource: PageSource {
+  public let file: MigrationFile
+  public let index: Int
+  public init(file: MigrationFile, index: Int) {
+    self.file = file
+    self.index = index
+  }
+
+  public func page(_ page: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(FormatError) -> Bool {
+    let b = file.blocks[index]
+    guard b.isPresent(page: page) else { return false }
+    _ = try file.read(block: index, at: page * b.pageSize, into: buffer)
+    return true
+  }
+
+  public func nextCandidate(from page: UInt64) -> UInt64? {
+    file.blocks[index].bitmap?.nextSet(from: page)
+  }
+}
+
+/// Synthetic pages for tests and benchmarks: each populated page names its block, offset and
+/// the seed, so a page served from the wrong place is visible.
+public struct SyntheticSource: PageSource {
+  public let name: String
+  public let pages: UInt64
+  /// Fraction of pages that hold data, in millionths.
+  public let densityPPM: UInt64
+  public let seed: UInt64
+
+  public init(name: String, pages: UInt64, density: Double, seed: UInt64 = 0x6d72_616d_6673) {
+    self.name = name
+    self.pages = pages
+    self.densityPPM = UInt64(max(0, min(1, density)) * 1_000_000)
+    self.seed = seed
+  }
+
+  /// Whether page `p` holds data.
+  @inlinable
+  public func isPopulated(_ p: UInt64) -> Bool {
+    densityPPM >= 1_000_000 || SyntheticSource.mix(p ^ seed) % 1_000_000 < densityPPM
+  }
+
+  /// A 64-bit mixing function (splitmix64's finaliser).
+  @inlinable
+  public static func mix(_ x: UInt64) -> UInt64 {
+    var z = x &+ 0x9E37_79B9_7F4A_7C15
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    return z ^ (z >> 31)
+  }
+
+  /// The bytes of page `p`: `mramfs-synth NAME page P offset 0xOFF ` repeated, then the page index as 8 bytes.
+  public func fill(_ p: UInt64, _ buffer: UnsafeMutableRawBufferPointer) {
+    let tag = Array("mramfs-synth \(name) page \(p) offset \(hex(p * 4096)) ".utf8)
+    for i in 0..<buffer.count { buffer[i] = tag[i % tag.count] }
+    withUnsafeBytes(of: p.littleEndian) { raw in
+      for i in 0..<8 { buffer[buffer.count - 8 + i] = raw[i] }
+    }
+  }
+
+  public func page(_ page: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(FormatError) -> Bool {
+    guard page < pages, isPopulated(page) else { return false }
+    fill(page, buffer)
+    return true
+  }
+
+  public func nextCandidate(from page: UInt64) -> UInt64? {
+    if densityPPM == 0 { return nil }
+    var p = page
+    while p < pages {
+      if isPopulated(p) { return p }
+      p += 1
+    }
+    return nil
+  }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine:
+#   installs what is missing (libfuse3-dev, fuse3, QEMU 10 from bookworm-backports),
+#   builds the test guest, saves real QEMU guests with mapped-ram (pc and q35,
+#   256 MiB and 5 GiB, multifd, libvirt prefix, live save, classic, no vmdesc),
+#   then runs `swift test`: unit tests, tests against the real QEMU files, and
+#   mount tests through the kernel.
+#
+# Environment:
+#   MRAMFS_FIXTURES  where the QEMU files go (default: .fixtures in the checkout);
+#                    reused when its manifest is newer than the guest and the script
+#   MRAMFS_FRESH=1   remake the QEMU files even if they are there
+#   CI=true          a missing prerequisite fails the run instead of skipping a test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+
+export MRAMFS_FIXTURES="${MRAMFS_FIXTURES:-$PWD/.fixtures}"
+manifest="$MRAMFS_FIXTURES/manifest.json"
+if [[ ${MRAMFS_FRESH:-0} == 1 || ! -f $manifest || Tests/Guest/guest.S -nt $manifest || scripts/make-fixtures.py -nt $manifest ]]; then
+  echo "test: saving real QEMU guests into $MRAMFS_FIXTURES" >&2
+  rm -rf "$MRAMFS_FIXTURES"
+  python3 scripts/make-fixtures.py "$MRAMFS_FIXTURES"
+else
+  echo "test: reusing the QEMU files in $MRAMFS_FIXTURES (MRAMFS_FRESH=1 remakes them)" >&2
+fi
+
+swift build --build-tests
+export MRAMFS_BIN_DIR="$(swift build --show-bin-path)"
+swift test --skip-build "$@"
