@@ -60,6 +60,9 @@ struct StreamParser {
   private var sawConfiguration = false
   /// Set when the block list stopped early on a cut file opened with `force`.
   private var cutShort = false
+  /// The block of the last classic page record that named one: a CONTINUE record
+  /// may refer to it from a later section (QEMU keeps it across iterations).
+  private var classicLastBlock: Int? = nil
 
   init(file: ImageFile, options: OpenOptions) {
     self.file = file
@@ -569,7 +572,6 @@ struct StreamParser {
   /// Skips classic page records up to and including EOS (FORMAT.md §2.8).
   private mutating func skipClassicRecords(_ c: inout StreamCursor) throws(FormatError) {
     let mask = targetPageSize - 1
-    var current: Int? = nil
     while true {
       let at = c.offset
       let w = try c.readUInt64BE("ram page record")
@@ -587,13 +589,13 @@ struct StreamParser {
       if flags & RAMFlag.continue == 0 {
         let len = try c.readUInt8("ram page record")
         let name = try c.readBytes(Int(len), "ram page record")
-        current = blocks.firstIndex { $0.name.bytes == name }
-        if current == nil {
+        classicLastBlock = blocks.firstIndex { $0.name.bytes == name }
+        if classicLastBlock == nil {
           throw FormatError(
             .badValue, "ram page record", at: at, "unknown block \(quoted(name))")
         }
       }
-      guard let b = current else {
+      guard let b = classicLastBlock else {
         throw FormatError(.badValue, "ram page record", at: at, "CONTINUE with no block before it")
       }
       let addr = w & ~mask

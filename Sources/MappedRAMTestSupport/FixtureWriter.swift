@@ -206,23 +206,28 @@ public struct FixtureStream: Sendable {
     mark("ram.eos")
     put64(0x10)
     put8(0x7e); put32(ramSectionID)
+    // Classic page records, spread evenly over the parts. As QEMU does, a record
+    // whose block is the previous record's carries CONTINUE, even across sections.
+    var records: [(block: Int, page: UInt64)] = []
+    if format == .classic {
+      for (i, b) in blocks.enumerated() { records += b.present.keys.sorted().map { (i, $0) } }
+    }
+    var lastBlock: Int? = nil
+    let recordCount = records.count
     for k in 0..<parts {
       mark("ram.part[\(k)]")
       put8(0x02); put32(ramSectionID)
-      if format == .classic && k == 0 {
-        for b in blocks {
-          var firstOfBlock = true
-          for p in b.present.keys.sorted() {
-            let flags: UInt64 = firstOfBlock ? 0x8 : 0x28
-            put64(p * 4096 | flags)
-            if firstOfBlock { put8(UInt8(b.name.count)); put(b.name) }
-            var content = b.present[p]!
-            content += [UInt8](repeating: 0, count: max(0, 4096 - content.count))
-            put(Array(content.prefix(4096)))
-            firstOfBlock = false
-          }
-        }
+      let share = recordCount / parts + (k < recordCount % parts ? 1 : 0)
+      for (i, p) in records.prefix(share) {
+        let b = blocks[i]
+        put64(p * 4096 | (lastBlock == i ? 0x28 : 0x8))
+        if lastBlock != i { put8(UInt8(b.name.count)); put(b.name) }
+        var content = b.present[p]!
+        content += [UInt8](repeating: 0, count: max(0, 4096 - content.count))
+        put(Array(content.prefix(4096)))
+        lastBlock = i
       }
+      records.removeFirst(share)
       if format != .fixedRAMRFC1 { put64(0x10) }
       put8(0x7e); put32(ramSectionID)
     }

@@ -182,6 +182,24 @@ struct ReaderTests {
     #expect(file.blocks[0].populatedPages == nil)
   }
 
+  @Test("classic records continue a block named in an earlier section", arguments: [1, 3, 7])
+  func classicAcrossSections(parts: Int) throws {
+    var stream = typicalStream()
+    stream.format = .classic
+    stream.capabilities = []
+    stream.parts = parts
+    let file = try open(stream.build())
+    #expect(file.isComplete)
+    let index = try ClassicPageIndex(file: file)
+    for (i, b) in stream.blocks.enumerated() {
+      #expect(index.pages[i] == b.present.keys.sorted(), "block \(i)")
+      for (page, offset) in zip(index.pages[i], index.offsets[i]) {
+        let got = try file.file.bytes(at: offset, count: 4096, "page")
+        #expect(got == Array(b.present[page]!.prefix(4096)) + [UInt8](repeating: 0, count: max(0, 4096 - b.present[page]!.count)))
+      }
+    }
+  }
+
   @Test("no VM description: still opens, and says why devices are missing")
   func noVMDescription() throws {
     var stream = typicalStream()
