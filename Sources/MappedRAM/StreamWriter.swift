@@ -35,7 +35,7 @@ public final class OutputFile: @unchecked Sendable {
     var st = stat()
     if lstat(path, &st) == 0 {
       if (st.st_mode & S_IFMT) == S_IFLNK && !overwrite {
-        throw FormatError(.badValue, "output \(quoted(Array(path.utf8)))", at: 0, "is a symbolic link; give --force to write through it")
+        throw FormatError(.badValue, "output \(quoted(Array(path.utf8)))", at: 0, "is a symbolic link; give --force to replace the link (its target is left alone)")
       }
       if !overwrite {
         throw FormatError(.badValue, "output \(quoted(Array(path.utf8)))", at: 0, "already exists; give --force to replace it")

@@ -26,17 +26,21 @@ extension Mramfs {
         foreground, and Ctrl-C unmounts.
 
         Mount options (-o, comma-separated):
-          uid=N,gid=N          owner of the files (default: the image file's owner)
-          allow_other          let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root)
-          default_permissions  let the kernel check permissions from the mode bits
-          direct_io            bypass the page cache: fastest for one pass (cp, dd), slower for re-reads
-          read=pread|splice    how pages reach the kernel (default pread; splice moves them from the image without a copy)
-          threads=N            worker threads (default 8)
-          nofollow             refuse an image path that is a symbolic link
-          force                open an interrupted save (same as --force)
-          ro, rw, dev, suid, exec, atime, noatime, _netdev, nofail, defaults: accepted from mount(8)/fstab
+          uid=N,gid=N          owner of the files (default: the image's owner)
+          allow_other          let other users in (non-root: user_allow_other
+                               in /etc/fuse.conf)
+          default_permissions  let the kernel check the mode bits
+          direct_io            bypass the page cache: fastest for one pass
+                               (cp, dd), slower for re-reads and small reads
+          read=pread|splice    how pages reach the kernel (default: pread)
+          threads=N            worker threads (default: 8)
+          nofollow             refuse an image path that is a symlink
+          force                open an interrupted save (as --force)
+          ro, rw, dev, suid, exec, atime, _netdev, nofail, defaults, x-*:
+                               accepted from mount(8) and fstab, no effect
 
-        From fstab:  /var/lib/libvirt/qemu/save/vm.save  /mnt/vm  fuse.mramfs  ro,allow_other  0 0
+        In /etc/fstab (mount.fuse3 runs `mramfs FILE DIR -o OPTIONS`):
+          /srv/vm.save  /mnt/vm  fuse.mramfs  ro,allow_other,nofail  0 0
         """)
 
     @Argument(help: "A mapped-ram (or fixed-ram) migration file, bare or behind a libvirt header.")
@@ -61,14 +65,13 @@ extension Mramfs {
 
     func validate() throws {
       _ = try MountOptions(o)
+      if isStaleMount(mountpoint) {
+        throw ValidationError(
+          "\(mountpoint) is a stale mount (its daemon is gone); run `mramfs unmount \(mountpoint)` first")
+      }
       var st = stat()
       if stat(mountpoint, &st) != 0 {
-        let e = Errno(rawValue: errno)
-        if e == .socketNotConnected {
-          throw ValidationError(
-            "\(mountpoint) is a stale mount (its daemon is gone); run `mramfs unmount \(mountpoint)` first")
-        }
-        throw ValidationError("mount point \(mountpoint): \(e)")
+        throw ValidationError("mount point \(mountpoint): \(Errno(rawValue: errno))")
       }
       if (st.st_mode & S_IFMT) != S_IFDIR {
         throw ValidationError("mount point \(mountpoint) is not a directory")
@@ -76,6 +79,10 @@ extension Mramfs {
     }
 
     func run() throws {
+      // The daemon keeps only its standard streams and the ready pipe: descriptors
+      // the caller leaked to us (pipes of a test harness, a shell's) would otherwise
+      // stay open for the life of the mount and keep their readers waiting.
+      if readyFD == daemonReadyFD { closeDescriptors(from: daemonReadyFD + 1) }
       let mountOptions = try MountOptions(o)
       var fileOptions = options
       if mountOptions.force { fileOptions.force = true }
@@ -103,13 +110,13 @@ extension Mramfs {
         throw Failure(code: 1)
       }
       let (readEnd, writeEnd) = (fds[0], fds[1])
-      var args = ["mramfs", "mount", file, mountpoint, "--ready-fd", "\(writeEnd)"]
+      var args = ["mramfs", "mount", file, mountpoint, "--ready-fd", "\(daemonReadyFD)"]
       for opt in o { args += ["-o", opt] }
       if options.force { args.append("--force") }
       if options.nofollow { args.append("--nofollow") }
       if let off = options.streamOffset { args += ["--offset", "\(off)"] }
       args += ["--bitmap-layout", options.bitmapLayout.rawValue]
-      let pid = try spawnSelf(args, closing: readEnd)
+      let pid = try spawnSelf(args, readyPipe: writeEnd)
       close(writeEnd)
       var line = [UInt8](repeating: 0, count: 64)
       var got = 0
@@ -283,17 +290,30 @@ func detachStandardStreams(keepStderr: Bool) {
   if null > 2 { close(null) }
 }
 
-/// Starts this executable with `args` (argv[0] first) in a new session, closing `closing` in the child.
-func spawnSelf(_ args: [String], closing: Int32) throws -> pid_t {
+/// The descriptor on which a daemon started by ``spawnSelf(_:readyPipe:)`` reports readiness.
+let daemonReadyFD: Int32 = 3
+
+/// Closes every descriptor from `first` on.
+func closeDescriptors(from first: Int32) {
+  closefrom(first)  // glibc 2.34+: close_range(2), or a walk of /proc/self/fd
+}
+
+/// Starts this executable with `args` (argv[0] first) in a new session, with `readyPipe`
+/// as its descriptor ``daemonReadyFD``.
+func spawnSelf(_ args: [String], readyPipe: Int32) throws -> pid_t {
   var attr = posix_spawnattr_t()
   posix_spawnattr_init(&attr)
   defer { posix_spawnattr_destroy(&attr) }
   // POSIX_SPAWN_SETSID (glibc, 0x80) is behind _GNU_SOURCE and does not import.
-  posix_spawnattr_setflags(&attr, 0x80)
+  // POSIX_SPAWN_SETSIGMASK (0x08) with an empty mask: the daemon must see SIGTERM.
+  var empty = sigset_t()
+  sigemptyset(&empty)
+  posix_spawnattr_setsigmask(&attr, &empty)
+  posix_spawnattr_setflags(&attr, 0x80 | 0x08)
   var actions = posix_spawn_file_actions_t()
   posix_spawn_file_actions_init(&actions)
   defer { posix_spawn_file_actions_destroy(&actions) }
-  posix_spawn_file_actions_addclose(&actions, closing)
+  posix_spawn_file_actions_adddup2(&actions, readyPipe, daemonReadyFD)
   let cargs = args.map { strdup($0) } + [nil]
   defer { for p in cargs { free(p) } }
   var pid: pid_t = 0

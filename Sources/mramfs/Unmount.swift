@@ -20,8 +20,7 @@ extension Mramfs {
     var lazy = false
 
     func run() throws {
-      var st = stat()
-      let stale = stat(mountpoint, &st) != 0 && errno == ENOTCONN
+      let stale = isStaleMount(mountpoint)
       var args = ["-u"]
       if lazy || stale { args.append("-z") }
       args.append(mountpoint)
@@ -50,4 +49,12 @@ extension Mramfs {
 enum MountHelperArguments {
   /// mount.fuse3 runs `mramfs SOURCE MOUNTPOINT -o OPTS`, which the default subcommand takes as is.
   static func normalise(_ args: [String]) -> [String] { args }
+}
+
+/// Whether `path` is a FUSE mount whose daemon is gone ("Transport endpoint is not connected").
+///
+/// `statfs` always asks the daemon; `stat` may be answered from the kernel's attribute cache.
+func isStaleMount(_ path: String) -> Bool {
+  var sv = statvfs()
+  return statvfs(path, &sv) != 0 && errno == ENOTCONN
 }

@@ -12,7 +12,7 @@ struct OutputOptions: ParsableArguments {
   @Option(name: .shortAndLong, help: ArgumentHelp("The file to write.", valueName: "OUT"))
   var output: String
 
-  @Flag(help: "Replace OUT if it exists (and write through a symbolic link at OUT).")
+  @Flag(help: "Replace OUT if it exists; a symbolic link at OUT is replaced, not followed.")
   var force = false
 
   @Flag(help: "Print a JSON summary on standard output.")
@@ -46,6 +46,7 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
 
 /// Writes `plan` to `options.output` safely, with a progress bar on a terminal, and reports the result.
 func writeStream(_ plan: StreamPlan, _ options: OutputOptions, what: String) throws -> WriteSummary {
+  installInterruptCleanup()
   let output: OutputFile
   do {
     output = try OutputFile(path: options.output, overwrite: options.force)
@@ -53,7 +54,6 @@ func writeStream(_ plan: StreamPlan, _ options: OutputOptions, what: String) thr
     printError("error: \(error)")
     throw Failure(code: 1)
   }
-  installInterruptCleanup()
   let bar = isatty(2) == 1 ? ProgressBar(label: what) : nil
   do {
     var report: (@Sendable (UInt64, UInt64) -> Void)? = nil
@@ -86,6 +86,12 @@ func installInterruptCleanup() {
   }
   signal(SIGINT, handler)
   signal(SIGTERM, handler)
+  // A parent (a shell's job control, a test harness) may have left them blocked.
+  var set = sigset_t()
+  sigemptyset(&set)
+  sigaddset(&set, SIGINT)
+  sigaddset(&set, SIGTERM)
+  pthread_sigmask(SIG_UNBLOCK, &set, nil)
 }
 
 /// A one-line progress bar on standard error: percentage, MB/s and ETA.
