@@ -106,7 +106,7 @@ public final class MramFileSystem: FileSystem {
   public func initialize(connection: Connection) {
     connection.maxRead = UInt32(configuration.maxRead)
     if configuration.readStrategy == .splice {
-      _ = connection.enable([.spliceWrite, .spliceMove])
+      _ = connection.enable([.spliceWrite])
     }
   }
 
@@ -151,20 +151,27 @@ public final class MramFileSystem: FileSystem {
     case .block(let index) where configuration.readStrategy == .splice:
       spliceRead(index: index, offset: UInt64(offset), size: size, reply: reply)
     case .block(let index):
-      let buffer = buffers.current
-      let want = min(size, buffer.count)
-      do {
-        let n = try file.read(
-          block: index, at: UInt64(offset), into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]))
-        reply.bytes(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-      } catch {
-        if readErrors.add(1, ordering: .relaxed).oldValue == 0 {
-          logger.error("read failed, answering EIO (logged once): \(error)")
-        }
-        reply.error(.ioError)
-      }
+      preadRead(index: index, offset: UInt64(offset), size: size, reply: reply)
     }
   }
+
+  /// Answers a read with the block's bytes, masked by the bitmap, copied into this thread's buffer.
+  func preadRead(index: Int, offset: UInt64, size: Int, reply: consuming ReplyData) {
+    let buffer = buffers.current
+    let want = min(size, buffer.count)
+    do {
+      let n = try file.read(block: index, at: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]))
+      reply.bytes(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+    } catch {
+      if readErrors.add(1, ordering: .relaxed).oldValue == 0 {
+        logger.error("read failed, answering EIO (logged once): \(error)")
+      }
+      reply.error(.ioError)
+    }
+  }
+
+  /// Beyond this many runs in one read, splicing costs more than copying (measured with scripts/bench.sh).
+  static let spliceSegmentLimit = 16
 
   /// Answers a read with file segments for present runs and shared zeros for holes; no copy in user space.
   func spliceRead(index: Int, offset: UInt64, size: Int, reply: consuming ReplyData) {
@@ -178,7 +185,9 @@ public final class MramFileSystem: FileSystem {
     let segs = raw.baseAddress!.bindMemory(to: DataSegment.self, capacity: capacity)
     var n = 0
     var pos = offset
-    while pos < end && n < capacity {
+    let limit = min(capacity, Self.spliceSegmentLimit)
+    while pos < end {
+      if n == limit { return preadRead(index: index, offset: offset, size: size, reply: reply) }
       let page = pos / ps
       if bitmap.isSet(page) {
         let stop = min((bitmap.nextClear(from: page, limit: lastPage) ?? lastPage) * ps, end)
