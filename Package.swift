@@ -61,7 +61,17 @@ let package = Package(
     .executableTarget(name: "hello-fs", dependencies: ["FUSE"], path: "Examples/hello"),
 
     .testTarget(name: "MappedRAMTests", dependencies: ["MappedRAM", "MappedRAMTestSupport"]),
-    .testTarget(name: "QEMUTests", dependencies: ["MappedRAM", "MappedRAMTestSupport"]),
-    .testTarget(name: "MountTests", dependencies: ["MappedRAM", "MappedRAMTestSupport"]),
+    // The real QEMU files scripts/make-fixtures.py saves, and helpers to check them.
+    .target(name: "QEMUFixtures", dependencies: ["MappedRAM"], path: "Tests/QEMUFixtures"),
+    .testTarget(name: "QEMUTests", dependencies: ["MappedRAM", "MappedRAMTestSupport", "QEMUFixtures"]),
+    .testTarget(name: "MountTests", dependencies: ["MappedRAM", "MappedRAMTestSupport", "QEMUFixtures"]),
+    .testTarget(name: "FUSETests", dependencies: ["FUSE", .product(name: "SystemPackage", package: "swift-system")]),
+    .testTarget(
+      name: "MramFSTests",
+      dependencies: [
+        "MramFS", "FUSE", "MappedRAM", "MappedRAMTestSupport",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "SystemPackage", package: "swift-system"),
+      ]),
   ]
 )
