@@ -46,6 +46,40 @@ public final class RawFileSource: PageSource, @unchecked Sendable {
     return any
   }
 
+  /// Up to the next hole of the input file (`SEEK_HOLE`) or the end of the segment, whichever is first.
+  public func candidateRun(from first: UInt64, limit: Int) -> Int {
+    let start = first * pageSize
+    guard let s = segments.first(where: { $0.blockOffset <= start && start < $0.blockOffset + $0.length }),
+      start % pageSize == 0, s.blockOffset % pageSize == 0
+    else { return 1 }
+    let fileAt = s.fileOffset + (start - s.blockOffset)
+    guard fileAt < file.size else { return 1 }
+    var end = min(s.fileOffset + s.length, file.size)
+    let hole = lseek(file.descriptor.rawValue, off_t(fileAt), 4 /* SEEK_HOLE */)
+    if hole > 0 { end = min(end, UInt64(hole)) }
+    let pages = (end - fileAt + pageSize - 1) / pageSize
+    return Int(max(1, min(UInt64(limit), pages)))
+  }
+
+  /// One read per segment the pages cover.
+  public func pages(_ first: UInt64, count: Int, into buffer: UnsafeMutableRawBufferPointer) throws(FormatError) -> Bool {
+    memset(buffer.baseAddress!, 0, buffer.count)
+    let start = first * pageSize
+    let stop = start + UInt64(count) * pageSize
+    var any = false
+    for s in segments where s.blockOffset < stop && start < s.blockOffset + s.length {
+      let from = max(start, s.blockOffset)
+      let to = min(stop, s.blockOffset + s.length)
+      let fileFrom = s.fileOffset + (from - s.blockOffset)
+      guard fileFrom < file.size else { continue }
+      let n = Int(min(to - from, file.size - fileFrom))
+      let into = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(from - start)..<Int(from - start) + n])
+      try file.read(into: into, at: fileFrom, "input \(quoted(Array(file.path.utf8)))")
+      any = true
+    }
+    return any
+  }
+
   public func nextCandidate(from page: UInt64) -> UInt64? {
     let pos = page * pageSize
     for s in segments where s.blockOffset + s.length > pos {
@@ -121,7 +155,15 @@ public struct SyntheticSource: PageSource {
   /// The bytes of page `p`: `mramfs-synth NAME page P offset 0xOFF ` repeated, then the page index as 8 bytes.
   public func fill(_ p: UInt64, _ buffer: UnsafeMutableRawBufferPointer) {
     let tag = Array("mramfs-synth \(name) page \(p) offset \(hex(p * 4096)) ".utf8)
-    for i in 0..<buffer.count { buffer[i] = tag[i % tag.count] }
+    // The tag once, then the filled part copied onto the rest, doubling each time.
+    let first = min(tag.count, buffer.count)
+    tag.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: first) }
+    var filled = first
+    while filled < buffer.count {
+      let n = min(filled, buffer.count - filled)
+      (buffer.baseAddress! + filled).copyMemory(from: buffer.baseAddress!, byteCount: n)
+      filled += n
+    }
     withUnsafeBytes(of: p.littleEndian) { raw in
       for i in 0..<8 { buffer[buffer.count - 8 + i] = raw[i] }
     }

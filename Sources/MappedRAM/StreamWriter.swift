@@ -108,6 +108,28 @@ public protocol PageSource: Sendable {
   func page(_ page: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(FormatError) -> Bool
   /// The first page at or after `from` that may hold data, or nil if none; lets sparse sources skip holes.
   func nextCandidate(from: UInt64) -> UInt64?
+  /// How many pages from `first` on (at most `limit`, at least 1) may hold data and are
+  /// cheaper to fetch together with ``pages(_:count:into:)`` than one by one.
+  func candidateRun(from first: UInt64, limit: Int) -> Int
+  /// Fills `buffer` (`count` pages) with the pages from `first` on; returns false if they
+  /// are all known to be zero (then `buffer` need not be filled).
+  func pages(_ first: UInt64, count: Int, into buffer: UnsafeMutableRawBufferPointer) throws(FormatError) -> Bool
+}
+
+extension PageSource {
+  /// One page at a time.
+  public func candidateRun(from first: UInt64, limit: Int) -> Int { 1 }
+
+  /// Page by page, zero-filling pages known to be zero.
+  public func pages(_ first: UInt64, count: Int, into buffer: UnsafeMutableRawBufferPointer) throws(FormatError) -> Bool {
+    let size = buffer.count / max(count, 1)
+    var any = false
+    for i in 0..<count {
+      let one = UnsafeMutableRawBufferPointer(rebasing: buffer[i * size..<(i + 1) * size])
+      if try page(first + UInt64(i), into: one) { any = true } else { memset(one.baseAddress!, 0, size) }
+    }
+    return any
+  }
 }
 
 /// A block to write.
@@ -322,7 +344,10 @@ public enum StreamWriter {
     let bm = SendablePointer(bitmap)
     let next = Counter()
     DispatchQueue.concurrentPerform(iterations: max(1, min(threads, chunks))) { _ in
-      let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(pageSize), alignment: 4096)
+      // Runs of up to 1 MiB are read with one call and written with one call per run of non-zero pages.
+      let batch = Int(max(1, (1 << 20) / pageSize))
+      let ps = Int(pageSize)
+      let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: batch * ps, alignment: 4096)
       defer { buffer.deallocate() }
       var count: UInt64 = 0
       var bytes: UInt64 = 0
@@ -335,22 +360,36 @@ public enum StreamWriter {
         var lastReported = first
         do throws(FormatError) {
           while p < last {
-            if try b.source.page(p, into: buffer), !isZero(UnsafeRawBufferPointer(buffer)) {
-              try output.write(UnsafeRawBufferPointer(buffer), at: pagesOffset + p * pageSize)
-              bm.pointer[Int(p / 64)] |= 1 << (p % 64)
-              count += 1
-              bytes += pageSize
+            let n = max(1, min(b.source.candidateRun(from: p, limit: Int(min(UInt64(batch), last - p))), Int(last - p)))
+            let run = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n * ps])
+            if try b.source.pages(p, count: n, into: run) {
+              var i = 0
+              while i < n {
+                if isZero(UnsafeRawBufferPointer(rebasing: run[i * ps..<(i + 1) * ps])) {
+                  i += 1
+                  continue
+                }
+                var j = i + 1
+                while j < n && !isZero(UnsafeRawBufferPointer(rebasing: run[j * ps..<(j + 1) * ps])) { j += 1 }
+                try output.write(
+                  UnsafeRawBufferPointer(rebasing: run[i * ps..<j * ps]), at: pagesOffset + (p + UInt64(i)) * pageSize)
+                for k in p + UInt64(i)..<p + UInt64(j) { bm.pointer[Int(k / 64)] |= 1 << (k % 64) }
+                count += UInt64(j - i)
+                bytes += UInt64(j - i) * pageSize
+                i = j
+              }
             }
+            p += UInt64(n)
             if p - lastReported >= 4096 {
               counter.add((p - lastReported) * pageSize)
               lastReported = p
             }
-            p = b.source.nextCandidate(from: p + 1) ?? last
+            p = b.source.nextCandidate(from: p) ?? last
           }
         } catch {
           failures.set(error)
         }
-        counter.add((last - lastReported) * pageSize)
+        counter.add((max(last, lastReported) - lastReported) * pageSize)
       }
       stats.add(count, bytes)
     }
