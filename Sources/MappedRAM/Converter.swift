@@ -95,6 +95,72 @@ public struct ClassicBlockSource: PageSource {
     let i = position(page)
     return i < index.pages[block].count ? index.pages[block][i] : nil
   }
+
+  /// Consecutive pages whose last records follow each other in the stream (a CONTINUE
+  /// record's 8-byte header, then its 4096 bytes): one `preadv` fetches them all.
+  public func candidateRun(from first: UInt64, limit: Int) -> Int {
+    let pages = index.pages[block]
+    let offsets = index.offsets[block]
+    let i = position(first)
+    guard i < pages.count, pages[i] == first else { return 1 }
+    var n = 1
+    while n < min(limit, ClassicBlockSource.maxRun), i + n < pages.count, pages[i + n] == first + UInt64(n),
+      offsets[i + n] == offsets[i + n - 1] + 4096 + 8
+    {
+      n += 1
+    }
+    return n
+  }
+
+  /// At most this many pages per `preadv` (two vectors each, within IOV_MAX of 1024).
+  static let maxRun = 256
+
+  public func pages(_ first: UInt64, count: Int, into buffer: UnsafeMutableRawBufferPointer) throws(FormatError) -> Bool {
+    guard count > 1, count <= ClassicBlockSource.maxRun, candidateRun(from: first, limit: count) == count else {
+      var any = false
+      for k in 0..<count {
+        let one = UnsafeMutableRawBufferPointer(rebasing: buffer[k * 4096..<(k + 1) * 4096])
+        if try page(first + UInt64(k), into: one) { any = true } else { memset(one.baseAddress!, 0, 4096) }
+      }
+      return any
+    }
+    let start = index.offsets[block][position(first)]
+    let total = count * (4096 + 8) - 8
+    let (end, overflow) = start.addingReportingOverflow(UInt64(total))
+    guard !overflow, end <= file.file.size else {
+      throw FormatError.truncated("ram page record", at: start, needed: UInt64(total), fileSize: file.file.size)
+    }
+    var headers = (UInt64(0), UInt64(0))
+    return try withUnsafeMutableBytes(of: &headers) { (skip) throws(FormatError) -> Bool in
+      try withUnsafeTemporaryAllocation(of: iovec.self, capacity: 2 * count) { (v) throws(FormatError) -> Bool in
+        for k in 0..<count {
+          v[2 * k] = iovec(iov_base: buffer.baseAddress! + k * 4096, iov_len: 4096)
+          v[2 * k + 1] = iovec(iov_base: skip.baseAddress!, iov_len: 8)
+        }
+        // The last page is not followed by a header in this read.
+        var done = 0
+        while done < total {
+          // Find the vector where `done` falls and read from there.
+          var k = 0
+          var skipped = 0
+          while skipped + v[k].iov_len <= done { skipped += v[k].iov_len; k += 1 }
+          let saved = v[k]
+          v[k].iov_base = saved.iov_base! + (done - skipped)
+          v[k].iov_len = saved.iov_len - (done - skipped)
+          let n = preadv(file.file.descriptor.rawValue, v.baseAddress! + k, Int32(2 * count - 1 - k), off_t(start) + off_t(done))
+          v[k] = saved
+          if n > 0 {
+            done += n
+          } else if n == 0 {
+            throw FormatError.truncated("ram page record", at: start + UInt64(done), needed: UInt64(total - done), fileSize: file.file.size)
+          } else if errno != EINTR {
+            throw FormatError(.io, "ram page record", at: start + UInt64(done), "read failed: \(String(cString: strerror(errno)))")
+          }
+        }
+        return true
+      }
+    }
+  }
 }
 
 /// Turns classic streams into mapped-ram ones and back, keeping every other record.

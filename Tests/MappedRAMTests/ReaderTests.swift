@@ -198,6 +198,12 @@ struct ReaderTests {
         #expect(got == Array(b.present[page]!.prefix(4096)) + [UInt8](repeating: 0, count: max(0, 4096 - b.present[page]!.count)))
       }
     }
+    // Converted to mapped-ram (runs of consecutive records are fetched with one preadv),
+    // every block reads as the fixture says.
+    let out = file.file.path + ".mapped"
+    _ = try StreamWriter.write(try Converter.plan(file, to: .mappedRAM), to: try OutputFile(path: out, overwrite: false))
+    let converted = try MigrationFile(path: out)
+    for (i, b) in stream.blocks.enumerated() { #expect(try readAll(converted, i) == expected(b), "block \(i)") }
   }
 
   @Test("no VM description: still opens, and says why devices are missing")
