@@ -4,26 +4,32 @@ import SystemPackage
 
 /// Where a reply goes: the kernel, through a libfuse request, or a test's ``ReplyRecorder``.
 ///
-/// Both fields are trivially destroyable, which `discard self` in the reply types needs.
+/// Every field is trivially destroyable, which `discard self` in the reply types needs.
 struct ReplyTarget {
   let request: fuse_req_t?
+  /// The session, taken while the request is alive: a `fuse_reply_*` call frees the
+  /// request, so nothing may be looked up through it afterwards (such as the logger
+  /// that reports a failed reply).
+  let context: Unmanaged<SessionContext>?
   let recorder: Unmanaged<ReplyRecorder>?
 
   init(_ request: fuse_req_t) {
     self.request = request
+    self.context = Unmanaged.passUnretained(SessionContext.of(request))
     self.recorder = nil
   }
 
   init(recorder: ReplyRecorder) {
     self.request = nil
+    self.context = nil
     self.recorder = Unmanaged.passUnretained(recorder)
   }
 
-  /// The logger of the session (or recorder) this request belongs to.
+  /// The logger of the session (or recorder) this request belongs to; never reads the request.
   var logger: Logger {
     if let recorder { return recorder.takeUnretainedValue().logger }
-    guard let request else { return Logger(label: "FUSE") }
-    return SessionContext.of(request).logger
+    guard let context else { return Logger(label: "FUSE") }
+    return context.takeUnretainedValue().logger
   }
 
   /// Hands a reply to the recorder; returns `false` when the reply must go to the kernel.
