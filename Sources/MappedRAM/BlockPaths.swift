@@ -13,6 +13,9 @@
 ///    a space or outside printable ASCII becomes `%XX`. If even that is taken,
 ///    the first byte is encoded too. Percent-decoding such a name gives back the
 ///    block name exactly, and no two blocks ever share a path.
+/// 4. A flat name longer than 255 bytes (NAME_MAX) is cut to its first 200 bytes,
+///    followed by `~` and 16 hex digits of a hash of the whole name (then `~2`,
+///    `~3`, … if that is taken); only the xattr gives such a name back.
 ///
 /// Each block file also carries its exact name in the `user.mramfs.block` xattr.
 public enum BlockPaths {
@@ -43,9 +46,31 @@ public enum BlockPaths {
       }
       var flat = encode(name.bytes, firstByte: false)
       if conflicts([flat]) { flat = encode(name.bytes, firstByte: true) }
+      if flat.utf8.count > maximumNameLength {
+        flat = shortened(flat, name.bytes)
+        var n = 2
+        while conflicts([flat]) {
+          flat = shortened(flat, name.bytes, suffix: "~\(n)")
+          n += 1
+        }
+      }
       take([flat])
     }
     return result
+  }
+
+  /// The longest file name the kernel looks up (NAME_MAX).
+  public static let maximumNameLength = 255
+
+  /// A flat name cut to fit NAME_MAX: its first 200 bytes (never inside a `%XX`),
+  /// `~`, and 16 hex digits of the FNV-1a hash of the whole block name.
+  static func shortened(_ flat: String, _ bytes: [UInt8], suffix: String = "") -> String {
+    var cut = Array(flat.utf8.prefix(200))
+    if let last = cut.lastIndex(of: UInt8(ascii: "%")), last >= cut.count - 2 { cut.removeSubrange(last...) }
+    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in bytes { hash = (hash ^ UInt64(b)) &* 0x100_0000_01b3 }
+    let hex = String(hash, radix: 16)
+    return String(decoding: cut, as: UTF8.self) + "~" + String(repeating: "0", count: 16 - hex.count) + hex + suffix
   }
 
   /// The nested form of a name, if every part is clean.

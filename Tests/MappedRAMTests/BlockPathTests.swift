@@ -48,4 +48,30 @@ struct BlockPathTests {
     // A file can never also be a directory.
     for p in paths { #expect(!paths.contains { $0.hasPrefix(p + "/") }, "\(p)") }
   }
+
+  @Test("the views' names (physmem, and vmcore, cpu, devices for later) are never a block's path")
+  func reservedViews() {
+    #expect(BlockPaths.reserved.isSuperset(of: ["info.json", "physmem", "vmcore", "cpu", "devices"]))
+    let names = ["physmem", "vmcore", "cpu", "devices/0", "physmem/x"].map { Array($0.utf8) }
+    let paths = assign(names)
+    #expect(paths == ["%70hysmem", "%76mcore", "%63pu", "devices%2F0", "physmem%2Fx"])
+    for (n, p) in zip(names, paths) { #expect(BlockPaths.decode(p) == n) }
+  }
+
+  @Test("flat names longer than NAME_MAX are shortened with a hash, and never collide")
+  func longNames() {
+    // Same 200-byte prefix, different tails; and 255 slashes (765 bytes encoded).
+    let a = Array(String(repeating: "../", count: 85).utf8)
+    var b = a
+    b[b.count - 1] = UInt8(ascii: "x")
+    let c = [UInt8](repeating: UInt8(ascii: "/"), count: 255)
+    let paths = assign([a, b, c, a])
+    #expect(Set(paths).count == 4)
+    for p in paths {
+      #expect(p.utf8.count <= BlockPaths.maximumNameLength, "\(p)")
+      #expect(!p.contains("/"))
+    }
+    #expect(paths[0].hasPrefix(String(repeating: "..%2F", count: 40)))
+    #expect(paths[3].hasSuffix("~2"))
+  }
 }
