@@ -56,10 +56,18 @@ public struct InfoDocument: Codable, Sendable {
   public var blocks: [Block]
   public var devices: [Device]
   public var devicesUnavailable: String?
+  /// Each vCPU's registers, from its `cpu` device section (a mount's `cpu/N/registers.json`).
+  public var cpus: [X86Registers]?
+  /// Why there are no ``cpus``, when there are none.
+  public var cpusUnavailable: String?
+  /// The mount's `physmem` view (guest-physical address N at offset N), when main RAM can be placed.
+  public var physmem: Physmem?
+  /// Why there is no `physmem` view, when there is none.
+  public var physmemUnavailable: String?
   public var warnings: [String]
 
-  /// Describes `file`.
-  public init(_ file: MigrationFile) {
+  /// Describes `file`; `lowmem` overrides the machine's RAM split below 4 GiB for ``physmem``.
+  public init(_ file: MigrationFile, lowmem: UInt64? = nil) {
     self.file = file.path
     fileSize = file.file.size
     streamOffset = file.streamOffset
@@ -95,6 +103,14 @@ public struct InfoDocument: Codable, Sendable {
       Device(name: $0.name, instance: $0.instanceID, version: $0.version, offset: $0.offset, size: $0.size)
     }
     devicesUnavailable = file.devicesUnavailableReason
+    switch file.x86Registers() {
+    case .success(let regs): cpus = regs
+    case .failure(let why): cpusUnavailable = why.reason
+    }
+    switch PhysicalLayout.resolve(file, lowmem: lowmem) {
+    case .success(let layout): physmem = Physmem(layout, file)
+    case .failure(let why): physmemUnavailable = why.reason
+    }
     warnings = file.warnings
   }
 
@@ -104,6 +120,33 @@ public struct InfoDocument: Codable, Sendable {
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     guard let data = try? encoder.encode(self) else { return "{}\n" }
     return String(decoding: data, as: UTF8.self) + "\n"
+  }
+}
+
+extension InfoDocument {
+  /// Where main RAM sits in the `physmem` file (``PhysicalLayout``).
+  public struct Physmem: Codable, Sendable {
+    /// One piece of main RAM: `length` bytes of block `block` from `blockOffset`, at guest-physical `gpa`.
+    public struct Range: Codable, Sendable {
+      public var gpa: UInt64
+      public var block: String
+      public var blockOffset: UInt64
+      public var length: UInt64
+    }
+    /// The file's size: one past the highest address of RAM.
+    public var size: UInt64
+    /// Bytes of main RAM below 4 GiB.
+    public var lowmem: UInt64
+    /// The pieces of main RAM in address order; everything else reads as zeros.
+    public var ranges: [Range]
+
+    init(_ layout: PhysicalLayout, _ file: MigrationFile) {
+      size = layout.size
+      lowmem = layout.lowmem
+      ranges = layout.ranges.map {
+        Range(gpa: $0.gpa, block: file.blocks[$0.block].name.description, blockOffset: $0.blockOffset, length: $0.length)
+      }
+    }
   }
 }
 

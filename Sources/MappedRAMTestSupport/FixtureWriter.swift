@@ -62,11 +62,24 @@ public struct FixtureDevice: Sendable {
   public var version: UInt32
   public var fields: [Field]
 
+  /// The device's whole VM description object as JSON text, replacing the one made from ``fields``.
+  public var json: String? = nil
+  /// The section body, replacing the bytes of ``fields``.
+  public var body: [UInt8]? = nil
+
   public init(name: String, instance: UInt32 = 0, version: UInt32 = 1, fields: [Field]) {
     self.name = name
     self.instance = instance
     self.version = version
     self.fields = fields
+  }
+
+  /// A device described by hand: `json` is its VM description object (with nested structs,
+  /// subsections, arrays…), `body` the bytes between its section header and footer.
+  public init(name: String, instance: UInt32 = 0, version: UInt32 = 1, json: String, body: [UInt8]) {
+    self.init(name: name, instance: instance, version: version, fields: [])
+    self.json = json
+    self.body = body
   }
 
   /// A `timer` section like QEMU's.
@@ -245,9 +258,13 @@ public struct FixtureStream: Sendable {
       let id = ramSectionID + 1 + UInt32(i)
       mark("device[\(i)]")
       put8(0x04); put32(id); put8(UInt8(d.name.utf8.count)); put(Array(d.name.utf8)); put32(d.instance); put32(d.version)
-      for f in d.fields { put(f.bytes) }
+      if let body = d.body { put(body) } else { for f in d.fields { put(f.bytes) } }
       put8(0x7e); put32(id)
       if i > 0 { json += ", " }
+      if let custom = d.json {
+        json += custom
+        continue
+      }
       json += "{\"name\": \"\(d.name)\", \"instance_id\": \(d.instance), \"vmsd_name\": \"\(d.name)\", \"version\": \(d.version), \"fields\": ["
       json += d.fields.map { "{\"name\": \"\($0.name)\", \"type\": \"\($0.type)\", \"size\": \($0.bytes.count)}" }.joined(
         separator: ", ")

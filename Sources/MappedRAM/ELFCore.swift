@@ -1,0 +1,395 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Darwin)
+  import Darwin
+#endif
+
+/// The layout and header bytes of a mount's `vmcore`: an ELF64 core file of the guest, shaped the
+/// way QEMU's `dump-guest-memory` (paging=false, format elf) shapes one, built from the saved file.
+///
+/// The file is the ELF header (`ET_CORE`, `EM_X86_64`), the program headers (one `PT_NOTE`, then
+/// one `PT_LOAD` per guest-physical range, in address order), the notes, zeros up to the next
+/// page boundary, and then each segment's bytes back to back. Segments are whole pages, so every
+/// `PT_LOAD` starts at a page-aligned file offset (QEMU packs the first one right after the notes).
+///
+/// Segments, as QEMU's dump has them:
+/// - main RAM: the ranges of ``PhysicalLayout``, except that the legacy VGA window
+///   `[0xa0000, 0xc0000)` is cut out when the file has a VGA device section (QEMU's dump leaves
+///   it out because the VGA device's MMIO covers it);
+/// - `pc.bios` at `4 GiB − size`, where pc and q35 map it;
+/// - a standard VGA's `vga.vram` at the address in its BAR 0, read from the PCI config space in
+///   the device's section, when memory decoding is on.
+/// Other blocks (option ROMs, fw_cfg blobs) are not placed, as they are not in ``PhysicalLayout``.
+///
+/// The notes are one `NT_PRSTATUS` per vCPU (`pr_pid` = index + 1, as QEMU writes them), then
+/// one `QEMU` note per vCPU (QEMU's CPU state: version 1, 440 bytes), from ``X86Registers``.
+/// Registers the file does not give (and `kernel_gs_base`, which mramfs does not decode) are zero.
+public struct ELFCore: Sendable, Equatable {
+  /// One `PT_LOAD`: `length` bytes of block `block` from `blockOffset`, at guest-physical `gpa`.
+  public struct Segment: Sendable, Equatable {
+    /// The guest-physical address (`p_paddr` and `p_vaddr`).
+    public var gpa: UInt64
+    /// Where the segment's bytes start in the core file (`p_offset`); page-aligned.
+    public var fileOffset: UInt64
+    /// The index of the block in ``MigrationFile/blocks``.
+    public var block: Int
+    /// Where the segment starts in its block.
+    public var blockOffset: UInt64
+    /// Bytes (`p_filesz` = `p_memsz`), a whole number of pages.
+    public var length: UInt64
+    /// Whether the block is main RAM, read through ``PhysicalLayout`` as `physmem` reads it.
+    public var isMainRAM: Bool
+    /// One past the last byte in the core file.
+    public var fileEnd: UInt64 { fileOffset + length }
+  }
+
+  /// Why a file has no `vmcore`.
+  public struct Unavailable: Error, Sendable, Equatable, CustomStringConvertible {
+    public let reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { reason }
+  }
+
+  /// The ELF header, program headers and notes.
+  public let header: [UInt8]
+  /// Where the first segment starts: ``header``'s size rounded up to a page.
+  public let dataOffset: UInt64
+  /// The `PT_LOAD` segments in address order (and file order).
+  public let segments: [Segment]
+  /// The size of the core file.
+  public let size: UInt64
+  /// Bytes of the core file that hold data: the header pages plus the segments' populated pages (for `st_blocks`).
+  public let populatedBytes: UInt64
+  /// The page size, and alignment of every segment.
+  public let pageSize: UInt64
+
+  static let legacyVGA: Range<UInt64> = 0xa0000..<0xc0000
+
+  /// Builds the core file's layout for `file`, whose main RAM `layout` places, with the vCPUs' `registers`.
+  public init(_ file: MigrationFile, layout: PhysicalLayout, registers: [X86Registers]) throws(Unavailable) {
+    guard !registers.isEmpty else { throw Unavailable("the file gives no vCPU registers") }
+    let ps = layout.pageSize
+    // Guest-physical pieces: (gpa, block, blockOffset, length).
+    var pieces: [(gpa: UInt64, block: Int, blockOffset: UInt64, length: UInt64)] = []
+    let cutVGA = file.devices.contains { ELFCore.isVGA($0.name) }
+    for r in layout.ranges {
+      var lo = r.gpa
+      if cutVGA, r.gpa < ELFCore.legacyVGA.upperBound, r.end > ELFCore.legacyVGA.lowerBound {
+        if r.gpa < ELFCore.legacyVGA.lowerBound {
+          pieces.append((r.gpa, r.block, r.blockOffset, ELFCore.legacyVGA.lowerBound - r.gpa))
+        }
+        lo = max(r.gpa, ELFCore.legacyVGA.upperBound)
+      }
+      if lo < r.end { pieces.append((lo, r.block, r.blockOffset + (lo - r.gpa), r.end - lo)) }
+    }
+    func free(_ gpa: UInt64, _ length: UInt64) -> Bool {
+      let (end, overflow) = gpa.addingReportingOverflow(length)
+      return !overflow && length > 0 && length % ps == 0 && gpa % ps == 0
+        && !pieces.contains { $0.gpa < end && gpa < $0.gpa + $0.length }
+    }
+    for (i, b) in file.blocks.enumerated() where b.pageSize == ps && b.bitmap != nil {
+      if b.name.string == "pc.bios", b.length <= 1 << 32, free((1 << 32) - b.length, b.length) {
+        pieces.append(((1 << 32) - b.length, i, 0, b.length))
+      } else if let s = b.name.string, s.hasSuffix("/vga.vram"), let bar = ELFCore.vgaBAR(file, device: String(s.dropLast(5))),
+        free(bar, b.length)
+      {
+        pieces.append((bar, i, 0, b.length))
+      }
+    }
+    pieces.sort { $0.gpa < $1.gpa }
+
+    let notes = ELFCore.notes(registers)
+    let phnum = 1 + pieces.count
+    guard phnum < 0xffff else { throw Unavailable("\(pieces.count) RAM ranges are more than an ELF header can count") }
+    let notesOffset = 64 + 56 * phnum
+    let headerSize = notesOffset + notes.count
+    let dataOffset = (UInt64(headerSize) + ps - 1) / ps * ps
+    var segments: [Segment] = []
+    var at = dataOffset
+    var populated = dataOffset
+    for p in pieces {
+      segments.append(
+        Segment(
+          gpa: p.gpa, fileOffset: at, block: p.block, blockOffset: p.blockOffset, length: p.length,
+          isMainRAM: layout.mainBlocks.contains(p.block)))
+      at += p.length
+      populated += ELFCore.populatedBytes(file.blocks[p.block], from: p.blockOffset, length: p.length)
+    }
+
+    var h = ELFBytes()
+    // ELF header.
+    h.raw([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0])  // ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ELFOSABI_NONE
+    h.zeros(8)
+    h.u16(4)  // ET_CORE
+    h.u16(62)  // EM_X86_64
+    h.u32(1)  // e_version
+    h.u64(0)  // e_entry
+    h.u64(64)  // e_phoff
+    h.u64(0)  // e_shoff
+    h.u32(0)  // e_flags
+    h.u16(64)  // e_ehsize
+    h.u16(56)  // e_phentsize
+    h.u16(UInt16(phnum))
+    h.u16(64)  // e_shentsize
+    h.u16(0)  // e_shnum
+    h.u16(0)  // e_shstrndx
+    // PT_NOTE.
+    h.u32(4)
+    h.u32(0)
+    h.u64(UInt64(notesOffset))
+    h.u64(0)
+    h.u64(0)
+    h.u64(UInt64(notes.count))
+    h.u64(UInt64(notes.count))
+    h.u64(0)
+    // PT_LOADs: flags 0 and align 0, and virtual address = physical address, as QEMU writes them.
+    for s in segments {
+      h.u32(1)
+      h.u32(0)
+      h.u64(s.fileOffset)
+      h.u64(s.gpa)
+      h.u64(s.gpa)
+      h.u64(s.length)
+      h.u64(s.length)
+      h.u64(0)
+    }
+    h.raw(notes)
+    header = h.bytes
+    self.dataOffset = dataOffset
+    self.segments = segments
+    size = at
+    populatedBytes = populated
+    pageSize = ps
+  }
+
+  /// The core file of `file`, or why there is none.
+  public static func resolve(_ file: MigrationFile, layout: PhysicalLayout?) -> Result<ELFCore, Unavailable> {
+    guard let layout else { return .failure(Unavailable("there is no physmem view")) }
+    switch file.x86Registers() {
+    case .failure(let why): return .failure(Unavailable(why.reason))
+    case .success(let regs):
+      do {
+        return .success(try ELFCore(file, layout: layout, registers: regs))
+      } catch {
+        return .failure(error)
+      }
+    }
+  }
+
+  /// Whether a device section name is a VGA device with the legacy window (`vga`, `cirrus_vga`, `vmware_vga`…).
+  static func isVGA(_ name: String) -> Bool {
+    let last = name.split(separator: "/").last.map(String.init) ?? name
+    return last == "vga" || last.hasSuffix("_vga") || last.hasSuffix("-vga")
+  }
+
+  /// The guest-physical address of BAR 0 of the PCI device whose section is `device` (`0000:00:02.0/vga`),
+  /// from the `pci config` field of its state; nil when memory decoding is off or the BAR is unset.
+  static func vgaBAR(_ file: MigrationFile, device: String) -> UInt64? {
+    guard let desc = file.vmDescription, let section = file.devices.first(where: { $0.name == device }) else { return nil }
+    let state = DeviceState(section: section, description: desc.devices[section.descriptionIndex], file: file)
+    guard let top = state.state else { return nil }
+    var config: [UInt8]? = nil
+    for f in top.fields {
+      if f.type == "pci config", case .bytes(let b) = f.value { config = b }
+      if let s = f.value.structure, let c = s.fields.first(where: { $0.type == "pci config" }), case .bytes(let b) = c.value {
+        config = b
+      }
+      if config != nil { break }
+    }
+    guard let c = config, c.count >= 0x18 else { return nil }
+    func le32(_ at: Int) -> UInt64 { (0..<4).reduce(UInt64(0)) { $0 | UInt64(c[at + $1]) << (8 * UInt64($1)) } }
+    let command = le32(0x04) & 0xffff
+    let bar = le32(0x10)
+    guard command & 0x2 != 0, bar & 1 == 0 else { return nil }  // memory decoding on, a memory BAR
+    var address = bar & ~0xf
+    if bar & 0x6 == 0x4 { address |= le32(0x14) << 32 }  // 64-bit BAR
+    guard address != 0, address != 0xffff_fff0 else { return nil }
+    return address
+  }
+
+  /// Bytes of `block`'s pages in `[offset, offset + length)` that the file holds.
+  static func populatedBytes(_ b: RAMBlock, from offset: UInt64, length: UInt64) -> UInt64 {
+    guard let bitmap = b.bitmap, length > 0 else { return 0 }
+    let first = offset / b.pageSize
+    let limit = (offset + length + b.pageSize - 1) / b.pageSize
+    var pages: UInt64 = 0
+    var p = first
+    while p < limit, let set = bitmap.nextSet(from: p, limit: limit) {
+      let clear = bitmap.nextClear(from: set, limit: limit) ?? limit
+      pages += clear - set
+      p = clear
+    }
+    return pages * b.pageSize
+  }
+
+  // MARK: - Notes
+
+  /// `NT_PRSTATUS` for each vCPU, then QEMU's CPU-state note for each vCPU.
+  static func notes(_ registers: [X86Registers]) -> [UInt8] {
+    var n = ELFBytes()
+    for (i, r) in registers.enumerated() { n.note(name: "CORE", type: 1, desc: prstatus(r, pid: UInt32(i + 1))) }
+    for r in registers { n.note(name: "QEMU", type: 0, desc: qemuCPUState(r)) }
+    return n.bytes
+  }
+
+  /// struct elf_prstatus for x86-64 (336 bytes): signal info, pids, times, then pr_reg
+  /// (user_regs_struct: r15 … gs), then pr_fpvalid.
+  static func prstatus(_ r: X86Registers, pid: UInt32) -> [UInt8] {
+    var d = ELFBytes()
+    d.zeros(32)  // pr_info (12), pr_cursig (2), padding (2), pr_sigpend, pr_sighold
+    d.u32(pid)  // pr_pid
+    d.zeros(12)  // pr_ppid, pr_pgrp, pr_sid
+    d.zeros(64)  // pr_utime, pr_stime, pr_cutime, pr_cstime
+    let regs: [UInt64?] = [
+      r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx, r.rsi, r.rdi,
+      0,  // orig_rax: QEMU writes 0
+      r.rip, r.cs?.selector, r.rflags, r.rsp, r.ss?.selector, r.fs?.base, r.gs?.base,
+      r.ds?.selector, r.es?.selector, r.fs?.selector, r.gs?.selector,
+    ]
+    for v in regs { d.u64(v ?? 0) }
+    d.zeros(8)  // pr_fpvalid and padding
+    return d.bytes
+  }
+
+  /// QEMU's CPU-state note (QEMUCPUState, version 1, 440 bytes): version, size, the general
+  /// registers rax…r15, rip, rflags, ten segments (cs, ds, es, fs, gs, ss, ldt, tr, gdt, idt: each
+  /// u32 selector, u32 limit, u32 flags, u32 padding, u64 base), cr[0…4], kernel_gs_base.
+  static func qemuCPUState(_ r: X86Registers) -> [UInt8] {
+    var d = ELFBytes()
+    d.u32(1)
+    d.u32(440)
+    let regs: [UInt64?] = [
+      r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
+      r.rip, r.rflags,
+    ]
+    for v in regs { d.u64(v ?? 0) }
+    for s in [r.cs, r.ds, r.es, r.fs, r.gs, r.ss, r.ldtr, r.tr] {
+      d.u32(UInt32(truncatingIfNeeded: s?.selector ?? 0))
+      d.u32(UInt32(truncatingIfNeeded: s?.limit ?? 0))
+      d.u32(UInt32(truncatingIfNeeded: s?.attributes ?? 0))
+      d.u32(0)
+      d.u64(s?.base ?? 0)
+    }
+    for t in [r.gdt, r.idt] {
+      d.u32(0)
+      d.u32(UInt32(truncatingIfNeeded: t?.limit ?? 0))
+      d.u32(0)
+      d.u32(0)
+      d.u64(t?.base ?? 0)
+    }
+    for v in [r.cr0, 0, r.cr2, r.cr3, r.cr4] { d.u64(v ?? 0) }
+    d.u64(0)  // kernel_gs_base: not decoded by mramfs
+    return d.bytes
+  }
+}
+
+/// Little-endian bytes of ELF structures.
+struct ELFBytes {
+  var bytes: [UInt8] = []
+  mutating func raw(_ b: [UInt8]) { bytes += b }
+  mutating func zeros(_ n: Int) { bytes += [UInt8](repeating: 0, count: n) }
+  mutating func u16(_ v: UInt16) { for i in 0..<2 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt16(i)))) } }
+  mutating func u32(_ v: UInt32) { for i in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt32(i)))) } }
+  mutating func u64(_ v: UInt64) { for i in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
+  /// An ELF note: namesz, descsz, type, the NUL-terminated name and the descriptor, each padded to 4 bytes.
+  mutating func note(name: String, type: UInt32, desc: [UInt8]) {
+    let n = Array(name.utf8) + [0]
+    u32(UInt32(n.count))
+    u32(UInt32(desc.count))
+    u32(type)
+    raw(n)
+    zeros((4 - n.count % 4) % 4)
+    raw(desc)
+    zeros((4 - desc.count % 4) % 4)
+  }
+}
+
+extension MigrationFile {
+  /// Reads the core file's bytes from `offset` on into `buffer`: the header, zeros to the first page,
+  /// then each segment through ``read(physical:at:into:)`` (main RAM, as `physmem` serves it) or
+  /// ``read(block:at:into:)`` (BIOS, VGA RAM). Short at the end; allocates nothing, takes no lock.
+  public func read(core: ELFCore, layout: PhysicalLayout, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
+    throws(FormatError) -> Int
+  {
+    guard offset < core.size, buffer.count > 0, let base = buffer.baseAddress else { return 0 }
+    let count = Int(min(UInt64(buffer.count), core.size - offset))
+    let end = offset + UInt64(count)
+    var pos = offset
+    if pos < core.dataOffset {
+      let stop = min(end, core.dataOffset)
+      let headerEnd = UInt64(core.header.count)
+      if pos < headerEnd {
+        let n = Int(min(stop, headerEnd) - pos)
+        core.header.withUnsafeBytes { h in
+          base.copyMemory(from: h.baseAddress! + Int(pos), byteCount: n)  // pos == offset here
+        }
+        pos += UInt64(n)
+      }
+      if pos < stop { memset(base + Int(pos - offset), 0, Int(stop - pos)) }
+      pos = stop
+    }
+    var i = core.segment(endingAfter: pos)
+    while pos < end, i < core.segments.count {
+      let s = core.segments[i]
+      let want = Int(min(end, s.fileEnd) - pos)
+      let into = UnsafeMutableRawBufferPointer(start: base + Int(pos - offset), count: want)
+      let inSegment = pos - s.fileOffset
+      let got =
+        s.isMainRAM
+        ? try read(physical: layout, at: s.gpa + inSegment, into: into)
+        : try read(block: s.block, at: s.blockOffset + inSegment, into: into)
+      if got < want { memset(into.baseAddress! + got, 0, want - got) }
+      pos += UInt64(want)
+      i += 1
+    }
+    return count
+  }
+
+  /// The first offset of the core file at or after `offset` that holds data (the header pages count
+  /// as data), or nil past the last data.
+  public func nextData(core: ELFCore, from offset: UInt64) -> UInt64? {
+    guard offset < core.size else { return nil }
+    if offset < core.dataOffset { return offset }
+    var i = core.segment(endingAfter: offset)
+    while i < core.segments.count {
+      let s = core.segments[i]
+      let from = max(offset, s.fileOffset) - s.fileOffset
+      if let d = nextData(block: s.block, from: s.blockOffset + from), d < s.blockOffset + s.length {
+        return s.fileOffset + (d - s.blockOffset)
+      }
+      i += 1
+    }
+    return nil
+  }
+
+  /// The first offset of the core file at or after `offset` that is a hole; the end counts as one.
+  /// Returns nil past the end.
+  public func nextHole(core: ELFCore, from offset: UInt64) -> UInt64? {
+    guard offset < core.size else { return nil }
+    var pos = max(offset, core.dataOffset)
+    var i = core.segment(endingAfter: pos)
+    while i < core.segments.count {
+      let s = core.segments[i]
+      let blockEnd = s.blockOffset + s.length
+      let h = nextHole(block: s.block, from: s.blockOffset + (pos - s.fileOffset)) ?? blockEnd
+      if h < blockEnd { return s.fileOffset + (h - s.blockOffset) }
+      pos = s.fileEnd
+      i += 1
+    }
+    return core.size
+  }
+}
+
+extension ELFCore {
+  /// The index of the first segment whose bytes end after file offset `offset`; O(log segments).
+  @inlinable
+  public func segment(endingAfter offset: UInt64) -> Int {
+    var lo = 0
+    var hi = segments.count
+    while lo < hi {
+      let mid = (lo + hi) / 2
+      if segments[mid].fileEnd <= offset { lo = mid + 1 } else { hi = mid }
+    }
+    return lo
+  }
+}
