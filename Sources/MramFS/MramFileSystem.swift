@@ -23,6 +23,9 @@ public struct MountConfiguration: Sendable {
   public var maxRead = 1 << 20
   /// How present pages reach the kernel.
   public var readStrategy: ReadStrategy = .pread
+  /// Bytes of main RAM below 4 GiB in `physmem`, overriding the machine type's rule
+  /// (QEMU's `max-ram-below-4g`, which the file does not record); nil: the rule.
+  public var lowmem: UInt64? = nil
 
   /// How present pages reach the kernel.
   public enum ReadStrategy: String, Sendable {
@@ -36,7 +39,7 @@ public struct MountConfiguration: Sendable {
   public init() {}
 }
 
-/// The mramfs filesystem: one read-only sparse file per RAM block, plus `info.json`.
+/// The mramfs filesystem: one read-only sparse file per RAM block, plus `info.json` and `physmem`.
 ///
 /// Every handler reads only immutable state built at mount time, so handlers
 /// run on any number of libfuse worker threads without locks; reads use a
@@ -56,6 +59,10 @@ public final class MramFileSystem: FileSystem {
   let time: FileTime
   /// Counts read errors, so each kind is logged once and not per request.
   let readErrors = Atomic<Int>(0)
+  /// Where main RAM sits in `physmem`; nil when the file's machine cannot be placed (no `physmem`).
+  let physmem: PhysicalLayout?
+  /// The layout and header of `vmcore`; nil without `physmem` or without vCPU registers (no `vmcore`).
+  let vmcore: ELFCore?
 
   /// Builds the namespace for `file`; cost O(blocks).
   public init(file: MigrationFile, configuration: MountConfiguration = MountConfiguration(), logger: Logger) {
@@ -63,8 +70,12 @@ public final class MramFileSystem: FileSystem {
     self.configuration = configuration
     self.logger = logger
     let paths = BlockPaths.assign(file.blocks.map(\.name))
-    let info = Array(InfoDocument(file).json().utf8)
-    tree = Tree(blockPaths: paths, generated: [("info.json", info)])
+    let info = Array(InfoDocument(file, lowmem: configuration.lowmem).json().utf8)
+    physmem = file.format.isPositional ? try? PhysicalLayout(file, lowmem: configuration.lowmem) : nil
+    vmcore = physmem == nil ? nil : try? ELFCore.resolve(file, layout: physmem).get()
+    tree = Tree(
+      blockPaths: paths, generated: [("info.json", info)], views: (physmem == nil ? [] : [("physmem", .physmem)]) + (vmcore == nil ? [] : [("vmcore", .vmcore)]),
+      files: StateViews.files(file))
     buffers = WorkerBuffer(capacity: configuration.maxRead + 4096)
     segmentBuffers = WorkerBuffer(capacity: (configuration.maxRead / 4096 + 2) * MemoryLayout<DataSegment>.stride)
     uid = configuration.uid ?? file.file.owner.uid
@@ -98,6 +109,10 @@ public final class MramFileSystem: FileSystem {
         inode: node.inode, mode: FileMode(type: .regular, permissions: FilePermissions(rawValue: 0o444)), linkCount: 1, uid: uid, gid: gid,
         size: Int64(bytes.count), blocks: Int64((bytes.count + 511) / 512), blockSize: 4096,
         accessTime: time, modificationTime: time, changeTime: time)
+    case .physmem:
+      return physmemAttributes(node)
+    case .vmcore:
+      return vmcoreAttributes(node)
     }
   }
 
@@ -129,7 +144,7 @@ public final class MramFileSystem: FileSystem {
     if node.isDirectory { return reply.error(.isDirectory) }
     if flags.requestsWriting { return reply.error(.readOnlyFileSystem) }
     var options: FUSE.OpenOptions = []
-    if case .block = node.kind, configuration.directIO {
+    if node.servesRAM, configuration.directIO {
       options.insert(.directIO)
     } else {
       options.insert(.keepCache)
@@ -152,6 +167,12 @@ public final class MramFileSystem: FileSystem {
       spliceRead(index: index, offset: UInt64(offset), size: size, reply: reply)
     case .block(let index):
       preadRead(index: index, offset: UInt64(offset), size: size, reply: reply)
+    case .physmem where configuration.readStrategy == .splice:
+      physmemSpliceRead(offset: UInt64(offset), size: size, reply: reply)
+    case .physmem:
+      physmemPreadRead(offset: UInt64(offset), size: size, reply: reply)
+    case .vmcore:
+      vmcoreRead(offset: UInt64(offset), size: size, reply: reply)
     }
   }
 
@@ -186,15 +207,19 @@ public final class MramFileSystem: FileSystem {
     var n = 0
     var pos = offset
     let limit = min(capacity, Self.spliceSegmentLimit)
+    // Looked up at the first file segment, not taken from open time: see currentImageSize().
+    var imageSize: UInt64? = nil
     while pos < end {
       if n == limit { return preadRead(index: index, offset: offset, size: size, reply: reply) }
       let page = pos / ps
       if bitmap.isSet(page) {
         let stop = min((bitmap.nextClear(from: page, limit: lastPage) ?? lastPage) * ps, end)
         let at = b.pagesOffset + pos
-        guard at + (stop - pos) <= file.file.size else {
+        if imageSize == nil { imageSize = currentImageSize() }
+        guard at + (stop - pos) <= imageSize ?? 0 else {
           if readErrors.add(1, ordering: .relaxed).oldValue == 0 {
-            logger.error("block \(b.name): present page \(page) lies past the end of the image; answering EIO (logged once)")
+            logger.error(
+              "block \(b.name): present page \(page) lies past the end of the image (was it truncated?); answering EIO (logged once)")
           }
           return reply.error(.ioError)
         }
@@ -208,6 +233,22 @@ public final class MramFileSystem: FileSystem {
       n += 1
     }
     reply.segments(UnsafeBufferPointer(start: segs, count: n))
+  }
+
+  /// The image's size now, or nil when `fstat` fails.
+  ///
+  /// Why not the size from open time: a regular file can shrink under a live mount
+  /// (truncated, or cut by whoever rewrites it), and libfuse splices a file segment that
+  /// meets end of file as a short reply, which the client takes for end of file (the page
+  /// cache even shrinks the file to it) rather than an error. One `fstat` per spliced read,
+  /// no allocation, no lock. A truncation between this call and the splice can still give
+  /// one short reply; the pread strategy has no such window. A block device cannot
+  /// shrink this way, and `fstat` does not report its size.
+  func currentImageSize() -> UInt64? {
+    var st = stat()
+    guard fstat(file.file.descriptor.rawValue, &st) == 0 else { return nil }
+    guard (st.st_mode & Glibc.S_IFMT) == Glibc.S_IFREG else { return file.file.size }
+    return UInt64(st.st_size)
   }
 
   public func release(
@@ -305,6 +346,10 @@ public final class MramFileSystem: FileSystem {
       let result = whence == .nextData ? file.nextData(block: i, from: off) : file.nextHole(block: i, from: off)
       guard let r = result else { return reply.error(.noSuchAddressOrDevice) }
       reply.offset(Int64(r))
+    case .physmem:
+      physmemSeek(from: off, whence: whence, reply: reply)
+    case .vmcore:
+      vmcoreSeek(from: off, whence: whence, reply: reply)
     }
   }
 }

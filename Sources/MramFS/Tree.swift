@@ -10,6 +10,10 @@ struct Node: Sendable {
     case block(index: Int)
     /// A small file whose bytes are computed once at mount (info.json).
     case generated(bytes: [UInt8])
+    /// The guest-physical view of main RAM (`physmem`).
+    case physmem
+    /// The ELF core file of the guest (`vmcore`).
+    case vmcore
   }
 
   var inode: INode
@@ -20,6 +24,14 @@ struct Node: Sendable {
   var isDirectory: Bool {
     if case .directory = kind { return true }
     return false
+  }
+
+  /// Whether the file serves guest RAM (a block or `physmem`), as opposed to a small generated file.
+  var servesRAM: Bool {
+    switch kind {
+    case .block, .physmem, .vmcore: return true
+    case .directory, .generated: return false
+    }
   }
 }
 
@@ -32,7 +44,12 @@ struct Tree: Sendable {
   /// `children[n - 1]` maps a directory's entry names to inodes.
   private var index: [[String: INode]] = []
 
-  init(blockPaths: [[String]], generated: [(name: String, bytes: [UInt8])]) {
+  /// `views` are further top-level files (`physmem`), whose names ``BlockPaths`` reserves; `files` are
+  /// generated files at relative paths under reserved top-level directories (`cpu/0/registers.json`).
+  init(
+    blockPaths: [[String]], generated: [(name: String, bytes: [UInt8])], views: [(name: String, kind: Node.Kind)] = [],
+    files: [(path: [String], bytes: [UInt8])] = []
+  ) {
     nodes.append(Node(inode: .root, parent: .root, name: "", kind: .directory(children: [])))
     index.append([:])
     var pending: [INode: [(String, INode)]] = [:]
@@ -59,6 +76,17 @@ struct Tree: Sendable {
     }
     for g in generated {
       _ = child(.root, g.name) { Node(inode: $0, parent: .root, name: g.name, kind: .generated(bytes: g.bytes)) }
+    }
+    for v in views {
+      _ = child(.root, v.name) { Node(inode: $0, parent: .root, name: v.name, kind: v.kind) }
+    }
+    for f in files where !f.path.isEmpty {
+      var dir = INode.root
+      for c in f.path.dropLast() {
+        dir = child(dir, c) { Node(inode: $0, parent: dir, name: c, kind: .directory(children: [])) }
+      }
+      let last = f.path[f.path.count - 1]
+      _ = child(dir, last) { Node(inode: $0, parent: dir, name: last, kind: .generated(bytes: f.bytes)) }
     }
     for (dir, kids) in pending {
       nodes[Int(dir.rawValue) - 1].kind = .directory(children: kids.sorted { $0.0 < $1.0 })

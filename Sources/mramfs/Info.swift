@@ -16,6 +16,10 @@ extension Mramfs {
         --json prints the same as a JSON document (schema in the README); a mount's info.json \
         holds the same document.
 
+        The physmem line says where main RAM sits in a mount's physmem file (offset = \
+        guest-physical address), or why the file has none. --lowmem gives the RAM below 4 GiB \
+        as `mount -o lowmem=` does, so that --json matches that mount's info.json.
+
         Classic (non-mapped-ram) streams are listed too; mount them after `mramfs convert`.
         """)
 
@@ -28,15 +32,27 @@ extension Mramfs {
     @Flag(help: "Also list the device sections (from the VM description).")
     var devices = false
 
+    @Flag(help: "Also print each vCPU's registers (from its cpu device section); --json always includes them.")
+    var registers = false
+
+    @Option(help: ArgumentHelp("RAM below 4 GiB for the physmem layout, as mount -o lowmem= (3G, 0xc0000000).", valueName: "SIZE"))
+    var lowmem: String?
+
+    func validate() throws {
+      if let lowmem, parseLowmem(lowmem) == nil {
+        throw ValidationError("--lowmem \(lowmem): expected a size from 4K to 4G in whole 4 KiB pages, such as 3G or 0xc0000000")
+      }
+    }
+
     @OptionGroup var options: FileOptions
 
     func run() throws {
       let migration = try openMigrationFile(file, options)
-      let doc = InfoDocument(migration)
+      let doc = InfoDocument(migration, lowmem: lowmem.flatMap(parseLowmem))
       if json {
         print(doc.json(), terminator: "")
       } else {
-        print(InfoTable(doc: doc, file: migration, devices: devices).render(), terminator: "")
+        print(InfoTable(doc: doc, file: migration, devices: devices, registers: registers).render(), terminator: "")
       }
     }
   }
@@ -47,6 +63,7 @@ struct InfoTable {
   var doc: InfoDocument
   var file: MigrationFile
   var devices: Bool
+  var registers = false
 
   func render() -> String {
     var out = ""
@@ -74,6 +91,14 @@ struct InfoTable {
       ram += ", \(pages) of \(total) pages populated (\(percent(pages, total)))"
     }
     line("RAM", ram)
+    if let p = doc.physmem {
+      let pieces = p.ranges.map {
+        "\($0.block) [\(hex($0.blockOffset)), \(hex($0.blockOffset + $0.length))) at \(hex($0.gpa))"
+      }
+      line("physmem", "\(formatSize(p.size)), lowmem \(hex(p.lowmem)): " + pieces.joined(separator: "; "))
+    } else {
+      line("physmem", "none (\(doc.physmemUnavailable ?? "unknown reason"))")
+    }
     out += "\n"
     var rows: [[String]] = [["BLOCK", "SIZE", "PAGE", "POPULATED", "%", "BITMAP", "PAGES"]]
     for b in doc.blocks {
@@ -99,6 +124,9 @@ struct InfoTable {
       }
     } else if let why = doc.devicesUnavailable {
       out += "\ndevice state: not available (\(why))\n"
+    }
+    if registers {
+      out += "\n" + RegisterTable(doc: doc).render()
     }
     return out
   }

@@ -21,9 +21,20 @@ extension Mramfs {
         `grep` and `tar --sparse` skip the holes. Block names with '/' become directories \
         (0000:00:02.0/vga.vram, rom@etc/acpi/tables). info.json at the top is `mramfs info --json`.
 
+        physmem at the top is the guest's physical memory as one sparse file: offset N is \
+        guest-physical address N. Main RAM (pc.ram, or the NUMA node blocks ram-node0, \
+        ram-node1, ... in node order) is placed as QEMU's pc and q35 machines do: the first \
+        lowmem bytes at 0, the rest from 4 GiB; everything else (the PCI hole, the BIOS, device \
+        memory) reads as zeros. It is absent for other machines; `mramfs info` says why.
+
         The command returns once the mount is ready and keeps serving in the background; \
         unmount with `mramfs unmount DIR` or `fusermount3 -u DIR`. With -f it stays in the \
         foreground, and Ctrl-C unmounts.
+
+        The file is opened once, when mounting. Renaming another file over it, or deleting \
+        it, changes nothing for the mount: it keeps serving the file it opened (mount again \
+        to see the new one). If that file is truncated, the pages it no longer holds read as \
+        EIO, and the first such error is logged.
 
         Mount options (-o, comma-separated):
           uid=N,gid=N          owner of the files (default: the image's owner)
@@ -34,6 +45,9 @@ extension Mramfs {
                                (cp, dd), slower for re-reads and small reads
           read=pread|splice    how pages reach the kernel (default: pread)
           threads=N            worker threads (default: 8)
+          lowmem=SIZE          RAM below 4 GiB in physmem (3G, 0xc0000000), for a
+                               guest started with -machine max-ram-below-4g=SIZE
+                               (default: the machine type's rule)
           nofollow             refuse an image path that is a symlink
           force                open an interrupted save (as --force)
           ro, rw, dev, suid, exec, atime, _netdev, nofail, defaults, x-*:
@@ -87,6 +101,12 @@ extension Mramfs {
       var fileOptions = options
       if mountOptions.force { fileOptions.force = true }
       if mountOptions.nofollow { fileOptions.nofollow = true }
+      // O_NOFOLLOW alone fails with ELOOP, "Too many levels of symbolic links"; say what happened.
+      // (The check is for the message only: the open itself still refuses a link.)
+      if fileOptions.nofollow, isSymbolicLink(file) {
+        printError("error: \(file) is a symbolic link, and nofollow refuses to follow it; give the link's target instead")
+        throw Failure(code: 1)
+      }
       // A damaged file is refused here, before anything is mounted, with the same message as `info`.
       let migration = try openMigrationFile(file, fileOptions)
       guard migration.format.isPositional else {
@@ -144,6 +164,7 @@ extension Mramfs {
       config.gid = mountOptions.gid
       config.directIO = mountOptions.directIO
       config.readStrategy = mountOptions.readStrategy
+      config.lowmem = mountOptions.lowmem
       if config.readStrategy == .splice {
         // A spliced 1 MiB reply needs a pipe larger than fs.pipe-max-size allows without
         // CAP_SYS_RESOURCE; 252 pages keep every reply spliced (see the README's figures).
@@ -196,6 +217,12 @@ extension Mramfs {
   }
 }
 
+/// Whether `path` itself (not what it points to) is a symbolic link.
+func isSymbolicLink(_ path: String) -> Bool {
+  var st = stat()
+  return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK
+}
+
 /// The `fsname` a mount shows in /proc/mounts: the image path, with characters mount tables cannot hold replaced.
 func fsname(_ path: String) -> String {
   String(path.map { $0 == "," || $0 == " " || $0 == "\t" || $0 == "\n" ? "_" : $0 })
@@ -210,6 +237,8 @@ struct MountOptions {
   var threads = 8
   var nofollow = false
   var force = false
+  /// `lowmem=SIZE`: main RAM below 4 GiB in physmem.
+  var lowmem: UInt64?
   /// Options passed to libfuse unchanged.
   var fuseOptions: [String] = []
 
@@ -243,6 +272,12 @@ struct MountOptions {
           threads = v
         case "nofollow": nofollow = true
         case "force": force = true
+        case "lowmem":
+          guard let v = value.flatMap(parseLowmem) else {
+            throw ValidationError(
+              "-o lowmem= needs a size from 4K to 4G in whole 4 KiB pages, such as 3G, 2560M or 0xc0000000")
+          }
+          lowmem = v
         case "allow_other", "allow_root", "default_permissions", "auto_unmount":
           fuseOptions.append(part)
         case "fsname", "subtype", "max_read":
@@ -256,6 +291,15 @@ struct MountOptions {
       }
     }
   }
+}
+
+/// Parses the size of RAM below 4 GiB: `3G`, `2560M`, `0xc0000000` or plain bytes; nil unless it is
+/// a whole number of 4 KiB pages from one page to 4 GiB (QEMU's `max-ram-below-4g` range).
+func parseLowmem(_ text: String) -> UInt64? {
+  let t = text.lowercased()
+  let value = t.hasPrefix("0x") ? UInt64(t.dropFirst(2), radix: 16) : parseSize(text)
+  guard let v = value, v > 0, v <= 1 << 32, v % 4096 == 0 else { return nil }
+  return v
 }
 
 /// Lets the kernel send 1 MiB reads through the page cache (it defaults to 128 KiB readahead for FUSE).

@@ -29,7 +29,7 @@ struct Mramfs: ParsableCommand {
       2 for a usage error.
       """,
     version: mramfsVersion,
-    subcommands: [Mount.self, Info.self, Unmount.self, Create.self, Convert.self, Synth.self],
+    subcommands: [Mount.self, Info.self, Translate.self, Unmount.self, Create.self, Convert.self, Synth.self],
     defaultSubcommand: Mount.self
   )
 }

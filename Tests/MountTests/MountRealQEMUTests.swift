@@ -398,7 +398,10 @@ struct MountRealQEMUTests {
       }
     }
     try walk("")
-    let wantFiles = Set(s.ramblocks.map { expectedPath($0.name) } + ["info.json"])
+    // cpu/ and devices/ (the decoded state views) are checked by StateMountTests.
+    let stateFiles = ["cpu/0/registers.json"] + (try MigrationFile(path: image)).deviceStates().map { "devices/\($0.fileName)" }
+    // vmcore (checked by VmcoreRealQEMUTests) is there with physmem and the registers.
+    let wantFiles = Set(s.ramblocks.map { expectedPath($0.name) } + ["info.json", "physmem", "vmcore"] + stateFiles)
     var wantDirs = Set<String>()
     for f in wantFiles {
       let parts = f.split(separator: "/")

@@ -69,13 +69,13 @@ struct Fixture {
 
 @Suite("mramfs handlers")
 struct HandlerTests {
-  @Test("layout: one file per block, names with / nest, info.json at the top")
+  @Test("layout: one file per block, names with / nest, info.json and physmem at the top")
   func layout() throws {
     let f = try Fixture()
     let r = ReplyRecorder()
     f.fs.readdir(Request(), inode: .root, handle: .none, offset: 0, reply: ReplyDirectory(recordingInto: r))
     guard case .directory(let entries) = r.last else { Issue.record("readdir gave \(String(describing: r.last))"); return }
-    #expect(entries.map(\.name).sorted() == [".", "..", "0000:00:02.0", "info.json", "pc.ram"])
+    #expect(entries.map(\.name).sorted() == [".", "..", "0000:00:02.0", "devices", "info.json", "pc.ram", "physmem"])
     #expect(f.lookup(.root, "missing") == nil)
     let dir = try f.inode("0000:00:02.0")
     let vram = try #require(f.lookup(dir, "vga.vram"))
