@@ -34,7 +34,15 @@ paused after the migration:
                     (guest-physical [0, L) then [4 GiB, 4 GiB + R - L)), made
                     with HMP/QMP pmemsave through a FIFO so holes stay holes;
   * `info ramblock` and `info registers` (raw text plus parsed values);
-  * the resolved machine type, lowmem L, the guest markers present.
+  * the resolved machine type, lowmem L, the guest markers present;
+  * NAME.elf        (pc-256, q35-256-mfd, pc-5g, q35-5g-mfd, pc-numa-5g) QEMU's
+                    own `dump-guest-memory` of the same paused guest (QMP,
+                    paging=false, format elf, protocol file:), written through a
+                    FIFO so zero pages stay holes; manifest key elf_dump (file
+                    name) and elf_dump_loads ([{paddr, offset, filesz}] of its
+                    PT_LOAD headers). The script checks that every PT_LOAD byte
+                    of main RAM equals NAME.pcram outside compare_exclude
+                    (elf_dump_check).
 
 Then it re-reads every file it made with a small independent reader written
 here (stream header, configuration, ram block list, mapped-ram headers,
@@ -45,8 +53,17 @@ differently through the guest-physical address space than the RAM block holds)
 is a failure. Results go into the manifest under "self_check".
 
 Scenarios (file stems): pc-256, q35-256-mfd, pc-5g, q35-5g-mfd, pc-256-libvirt,
-pc-256-libvirt-part, pc-256-live, pc-256-classic, pc-256-novmdesc, and
-pc-256-live-classic (see --list).
+pc-256-libvirt-part, pc-256-live, pc-256-classic, pc-256-novmdesc, and the extra
+scenarios pc-256-live-classic and pc-numa-5g (see --list).
+
+NUMA (pc-numa-5g): -m 5G made of two memory backends as libvirt names them,
+ram-node0 (1 GiB, node 0) and ram-node1 (4 GiB, node 1); there is no pc.ram.
+QEMU puts the node blocks back to back in node order as the machine's main RAM
+and splits that at lowmem like pc.ram, so node 0 is GPA [0, 1 GiB), node 1 is
+[1 GiB, 3 GiB) and [4 GiB, 6 GiB). NAME.pcram then holds the main RAM in that
+order (node 0's bytes, then node 1's), the self-check compares each node block
+with its part of it, and the entry has main_ram_blocks (block names in node
+order) and numa_nodes ([{node, block, size}]).
 Files: NAME.mapped (mapped-ram), NAME.sav (libvirt header + mapped-ram at
 offset 65713), NAME.classic (classic stream), NAME.pcram (ground truth; the
 libvirt-part scenario reuses pc-256-libvirt.pcram), logs/NAME.log (QEMU output).
@@ -185,7 +202,7 @@ def pattern_page(gpa_page, index):
 class Scenario:
     def __init__(self, name, desc, machine="pc", mem="256M", multifd=False, vga=False,
                  kind="mapped-ram", live=False, libvirt=False, derived_from=None, vmdesc=True,
-                 pair_classic=False, extra=False):
+                 pair_classic=False, extra=False, elf_dump=False, numa=None):
         self.name, self.desc, self.machine_arg, self.mem = name, desc, machine, mem
         self.multifd, self.vga, self.kind, self.live = multifd, vga, kind, live
         self.libvirt, self.derived_from, self.vmdesc = libvirt, derived_from, vmdesc
@@ -194,6 +211,24 @@ class Scenario:
         self.pair_classic = pair_classic
         # extra: listed under the manifest's "extra_scenarios", not "scenarios".
         self.extra = extra
+        # elf_dump: also save QEMU's dump-guest-memory (ELF) of the paused guest as NAME.elf.
+        self.elf_dump = elf_dump
+        # numa: node sizes ("1G", "4G"): memory backends ram-node0, ram-node1, ... instead of pc.ram.
+        self.numa = numa
+
+    @property
+    def main_ram_blocks(self):
+        """The blocks that make the machine's main RAM, in node order."""
+        return [f"ram-node{i}" for i in range(len(self.numa))] if self.numa else ["pc.ram"]
+
+    @property
+    def numa_sizes(self):
+        return [self._bytes(n) for n in self.numa or []]
+
+    @staticmethod
+    def _bytes(text):
+        m = re.fullmatch(r"(\d+)([MG])", text)
+        return int(m.group(1)) * (MiB if m.group(2) == "M" else GiB)
 
     @property
     def machine_family(self):
@@ -211,15 +246,16 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("pc-256", "pc, 256 MiB, mapped-ram, -vga std (block name with a slash); the same stopped "
-             "guest also saved as a classic stream first (classic_file)", vga=True, pair_classic=True),
+             "guest also saved as a classic stream first (classic_file)", vga=True, pair_classic=True,
+             elf_dump=True),
     Scenario("q35-256-mfd", "q35, 256 MiB, mapped-ram + multifd x4, -vga std; the same stopped guest "
              "also saved as a classic stream first (classic_file)", machine="q35",
-             multifd=True, vga=True, pair_classic=True),
+             multifd=True, vga=True, pair_classic=True, elf_dump=True),
     Scenario("pc-5g", "pc, 5 GiB (3 GiB low + 2 GiB at 4 GiB), mapped-ram; the same stopped guest also "
-             "saved as a classic stream first (classic_file)", mem="5G", pair_classic=True),
+             "saved as a classic stream first (classic_file)", mem="5G", pair_classic=True, elf_dump=True),
     Scenario("q35-5g-mfd", "q35, 5 GiB (2 GiB low + 3 GiB at 4 GiB), mapped-ram + multifd x4; the same "
              "stopped guest also saved as a classic stream first (classic_file)",
-             machine="q35", mem="5G", multifd=True, pair_classic=True),
+             machine="q35", mem="5G", multifd=True, pair_classic=True, elf_dump=True),
     Scenario("pc-256-libvirt", "pc, 256 MiB, mapped-ram at file offset 65713 behind a libvirt "
              "'LibvirtQemudSave' header (format 6 = sparse)", kind="libvirt", libvirt=True),
     Scenario("pc-256-libvirt-part", "copy of pc-256-libvirt with magic 'LibvirtQemudPart'",
@@ -236,6 +272,10 @@ SCENARIOS = [
              "as 0xA5 PAGE records, the guest zeroed it while the save ran, and a later pass re-sent "
              "those pages as ZERO records (the last record of a page wins)",
              kind="classic", live=True, extra=True),
+    Scenario("pc-numa-5g", "pc, 5 GiB in two NUMA nodes backed by ram-node0 (1 GiB) and ram-node1 (4 GiB), "
+             "as libvirt names them; no pc.ram. The main RAM is the node blocks in node order, split at "
+             "lowmem (3 GiB low + 2 GiB at 4 GiB); ram-node1 is listed first in the stream",
+             mem="5G", numa=["1G", "4G"], extra=True, elf_dump=True),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 
@@ -670,18 +710,19 @@ def ranges_of(pages):
     return out
 
 
-def compare_main_ram(path, info, pcram_path, low, exclude_gpa, classic_pages=None):
-    """Compare the pc.ram block in the migration file with the pmemsave ground truth."""
-    blk = next((b for b in info["blocks"] if b["name"] == "pc.ram"), None)
+def compare_main_ram(path, info, pcram_path, low, exclude_gpa, classic_pages=None, block="pc.ram", base=0):
+    """Compare a main RAM block in the migration file (pc.ram, or one NUMA node's block, which
+    is main RAM [base, base + its length)) with the pmemsave ground truth."""
+    blk = next((b for b in info["blocks"] if b["name"] == block), None)
     if blk is None:
-        raise Fail("no pc.ram block in the file")
+        raise Fail(f"no {block} block in the file")
     used = blk["used_length"]
     npages = used // PAGE
-    if os.path.getsize(pcram_path) != used:
-        raise Fail(f"pcram size {os.path.getsize(pcram_path):#x} != pc.ram used_length {used:#x}")
+    if os.path.getsize(pcram_path) < base + used:
+        raise Fail(f"pcram size {os.path.getsize(pcram_path):#x} < {block} end in main RAM {base + used:#x}")
 
     def excluded(page):
-        g = ram_off_to_gpa(page * PAGE, low)
+        g = ram_off_to_gpa(base + page * PAGE, low)
         return any(a <= g < b for a, b in exclude_gpa)
 
     res = {"pages": npages, "bits_set": 0, "mismatch_pages": [], "excluded_diff_pages": [],
@@ -690,7 +731,7 @@ def compare_main_ram(path, info, pcram_path, low, exclude_gpa, classic_pages=Non
     mfd = os.open(path, os.O_RDONLY)
     try:
         nchunks = (used + CHUNK - 1) // CHUNK
-        want = data_chunks(pfd, 0, used, 0)
+        want = data_chunks(pfd, base, base + used, base)
         if classic_pages is not None:
             want |= {p * PAGE // CHUNK for p in classic_pages}
         else:
@@ -707,7 +748,7 @@ def compare_main_ram(path, info, pcram_path, low, exclude_gpa, classic_pages=Non
                 continue
             off = k * CHUNK
             n = min(CHUNK, used - off)
-            exp = os.pread(pfd, n, off)
+            exp = os.pread(pfd, n, base + off)
             if classic_pages is None:
                 raw = os.pread(mfd, n, po + off)
                 if len(raw) < n:
@@ -740,10 +781,184 @@ def compare_main_ram(path, info, pcram_path, low, exclude_gpa, classic_pages=Non
     if "nonzero_pages_in_stream" in res:
         out["nonzero_pages_in_stream"] = res["nonzero_pages_in_stream"]
     for key in ("mismatch_pages", "excluded_diff_pages", "set_bit_zero_pages", "clear_bit_data_pages"):
-        out[key.replace("_pages", "_ranges")] = [[a * PAGE, b * PAGE] for a, b in ranges_of(res[key])]
+        out[key.replace("_pages", "_ranges")] = [[base + a * PAGE, base + b * PAGE] for a, b in ranges_of(res[key])]
         out[key.replace("_pages", "_count")] = len(res[key])
     out["clear_bit_data_a5_pages"] = res["clear_bit_data_a5_pages"]
     return out
+
+
+def compare_main_ram_blocks(path, info, pcram_path, low, exclude_gpa, blocks):
+    """compare_main_ram over the main RAM blocks in node order, merged into one result whose
+    ranges are main RAM offsets (as for pc.ram)."""
+    results, base = [], 0
+    for name in blocks:
+        results.append(compare_main_ram(path, info, pcram_path, low, exclude_gpa, block=name, base=base))
+        base += next(b["used_length"] for b in info["blocks"] if b["name"] == name)
+    if len(results) == 1:
+        return results[0]
+    out = {}
+    for r in results:
+        for k, v in r.items():
+            out[k] = out.get(k, [] if isinstance(v, list) else 0) + v
+    return out
+
+
+# ---------------------------------------------------------------------------
+# QEMU's own dump-guest-memory (ELF), and a check of it against the ground truth
+# ---------------------------------------------------------------------------
+def dump_guest_memory_sparse(q, out_path, workdir):
+    """QMP dump-guest-memory (paging=false, format elf) of the paused guest into a FIFO whose
+    reader writes only the non-zero pages of the stream, so the ELF file is sparse."""
+    fifo = os.path.join(workdir, "dump.fifo")
+    if os.path.exists(fifo):
+        os.unlink(fifo)
+    os.mkfifo(fifo, 0o600)
+    tmp = out_path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    result = {"n": 0, "err": None}
+
+    def reader():
+        try:
+            rfd = os.open(fifo, os.O_RDONLY)
+            try:
+                buf = bytearray(CHUNK)
+                mv = memoryview(buf)
+                while True:
+                    got = 0
+                    while got < CHUNK:
+                        r = os.readv(rfd, [mv[got:]])
+                        if r == 0:
+                            break
+                        got += r
+                    if got == 0:
+                        break
+                    if got < CHUNK or buf != ZERO_CHUNK:
+                        write_nonzero_pages(fd, mv[:got], result["n"])
+                    result["n"] += got
+                    if got < CHUNK:
+                        break
+            finally:
+                os.close(rfd)
+        except Exception as e:  # noqa: BLE001
+            result["err"] = e
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        try:
+            q.cmd("dump-guest-memory", paging=False, protocol=f"file:{fifo}", format="elf")
+        except Fail:
+            try:  # unblock the reader
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+            raise
+        t.join(300)
+        if t.is_alive():
+            raise Fail("dump-guest-memory reader did not finish")
+        if result["err"]:
+            raise Fail(f"dump-guest-memory reader: {result['err']}")
+        os.ftruncate(fd, result["n"])
+    finally:
+        os.close(fd)
+        os.unlink(fifo)
+    os.replace(tmp, out_path)
+
+
+def elf_loads(path):
+    """The PT_LOAD program headers of a 64-bit little-endian ELF core: [{paddr, offset, filesz}]."""
+    with open(path, "rb") as f:
+        eh = f.read(64)
+        if eh[:4] != b"\x7fELF" or eh[4] != 2 or eh[5] != 1:
+            raise Fail(f"{path}: not a 64-bit little-endian ELF file")
+        phoff, = struct.unpack_from("<Q", eh, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", eh, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    loads = []
+    for i in range(phnum):
+        p_type, _flags, off, _vaddr, paddr, filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+        if p_type == 1:
+            loads.append({"paddr": paddr, "offset": off, "filesz": filesz})
+    return loads
+
+
+def check_elf_dump(elf_path, pcram_path, parts, exclude_gpa):
+    """Every PT_LOAD byte that is main RAM (parts: [(gpa, size, pcram_offset)]) must equal the
+    ground truth, outside exclude_gpa. Compares only where either file holds data."""
+    loads = elf_loads(elf_path)
+    res = {"loads": len(loads), "compared_bytes": 0, "excluded_diff_ranges": [], "main_ram_not_in_dump": [],
+           "other_loads": []}
+
+    def next_data(fd, off):
+        try:
+            return os.lseek(fd, off, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                return None
+            raise
+
+    dfd = os.open(elf_path, os.O_RDONLY)
+    pfd = os.open(pcram_path, os.O_RDONLY)
+    try:
+        for ld in loads:
+            lo, hi = ld["paddr"], ld["paddr"] + ld["filesz"]
+            covered = 0
+            for gpa, size, poff in parts:
+                g0, g1 = max(lo, gpa), min(hi, gpa + size)
+                if g0 >= g1:
+                    continue
+                covered += g1 - g0
+                dbase, pbase = ld["offset"] + (g0 - lo), poff + (g0 - gpa)
+                g = g0
+                while g < g1:
+                    # Skip to the first data in either file; holes in both are zeros in both.
+                    d_at = next_data(dfd, dbase + g - g0)
+                    p_at = next_data(pfd, pbase + g - g0)
+                    starts = [g0 + (d_at - dbase)] if d_at is not None else []
+                    starts += [g0 + (p_at - pbase)] if p_at is not None else []
+                    if not starts:
+                        break
+                    g = max(g, min(starts) // PAGE * PAGE)
+                    if g >= g1:
+                        break
+                    n = min(CHUNK, g1 - g)
+                    a = os.pread(dfd, n, dbase + g - g0)
+                    b = os.pread(pfd, n, pbase + g - g0)
+                    res["compared_bytes"] += n
+                    if a != b:
+                        for i in range(0, n, PAGE):
+                            if a[i:i + PAGE] != b[i:i + PAGE]:
+                                page = g + i
+                                if not any(x <= page < y for x, y in exclude_gpa):
+                                    raise Fail(f"{elf_path}: GPA {page:#x} differs from the ground truth "
+                                               f"outside {exclude_gpa}")
+                                r = res["excluded_diff_ranges"]
+                                if r and r[-1][1] == page:
+                                    r[-1][1] = page + PAGE
+                                else:
+                                    r.append([page, page + PAGE])
+                    g += n
+            if covered < ld["filesz"]:
+                res["other_loads"].append({"paddr": lo, "filesz": ld["filesz"], "main_ram_bytes": covered})
+        # Main RAM that no PT_LOAD covers (the VGA window when a VGA device maps it).
+        for gpa, size, _ in parts:
+            pos = gpa
+            for lo, hi in sorted((ld["paddr"], ld["paddr"] + ld["filesz"]) for ld in loads):
+                if hi <= pos or lo >= gpa + size:
+                    continue
+                if lo > pos:
+                    res["main_ram_not_in_dump"].append([pos, lo])
+                pos = max(pos, hi)
+            if pos < gpa + size:
+                res["main_ram_not_in_dump"].append([pos, gpa + size])
+    finally:
+        os.close(dfd)
+        os.close(pfd)
+    for a, b in res["main_ram_not_in_dump"]:
+        if not any(x <= a and b <= y for x, y in exclude_gpa):
+            raise Fail(f"{elf_path}: main RAM [{a:#x}, {b:#x}) is in no PT_LOAD segment")
+    return loads, res
 
 
 # ---------------------------------------------------------------------------
@@ -937,6 +1152,10 @@ class Run:
                 "-kernel", ctx.guest]
         if sc.vga:
             args += ["-vga", "std"]
+        for i, size in enumerate(sc.numa or []):
+            # As libvirt does: one backend per node, named ram-node<N>.
+            args += ["-object", f"memory-backend-ram,id=ram-node{i},size={size}",
+                     "-numa", f"node,nodeid={i},memdev=ram-node{i}"]
         self.args = args
         os.makedirs(os.path.join(ctx.outdir, "logs"), exist_ok=True)
         self.logf = open(os.path.join(ctx.outdir, "logs", sc.name + ".log"), "wb")
@@ -1085,7 +1304,8 @@ def run_scenario(sc, ctx):
     path = os.path.join(ctx.outdir, name + sc.ext)
     pcram = os.path.join(ctx.outdir, name + ".pcram")
     classic_path = os.path.join(ctx.outdir, name + ".classic") if sc.pair_classic else None
-    for p in (path, pcram, classic_path):
+    elf_path = os.path.join(ctx.outdir, name + ".elf") if sc.elf_dump else None
+    for p in (path, pcram, classic_path, elf_path):
         if p and os.path.exists(p):
             os.unlink(p)
     ram = sc.ram_bytes
@@ -1209,8 +1429,11 @@ def run_scenario(sc, ctx):
         # ground truth, guest paused
         ramblock_raw = run.q.hmp("info ramblock")
         ramblocks = parse_ramblocks(ramblock_raw)
-        if not any(b["name"] == "pc.ram" for b in ramblocks):
-            raise Fail(f"cannot parse info ramblock:\n{ramblock_raw}")
+        if not all(any(b["name"] == n for b in ramblocks) for n in sc.main_ram_blocks):
+            raise Fail(f"no {sc.main_ram_blocks} in info ramblock (or cannot parse it):\n{ramblock_raw}")
+        if sc.numa and [next(b["used_length"] for b in ramblocks if b["name"] == n)
+                        for n in sc.main_ram_blocks] != sc.numa_sizes:
+            raise Fail(f"NUMA node blocks are not {sc.numa}:\n{ramblock_raw}")
         regs_raw = run.q.hmp("info registers")
         regs = parse_registers(regs_raw)
         if regs.get("CR3") != CR3:
@@ -1224,6 +1447,10 @@ def run_scenario(sc, ctx):
         t_pm = time.time()
         pmemsave_sparse(run.q, parts, pcram, ram, run.workdir)
         log(name, f"pmemsave ground truth in {time.time() - t_pm:.1f}s")
+        if elf_path:
+            t_dump = time.time()
+            dump_guest_memory_sparse(run.q, elf_path, run.workdir)
+            log(name, f"dump-guest-memory (ELF) in {time.time() - t_dump:.1f}s")
     except Fail as e:
         tail = run.qemu_log_tail()
         raise type(e)(f"{e}" + (f"\n--- QEMU log tail ---\n{tail}" if tail.strip() else "")) from None
@@ -1268,9 +1495,15 @@ def run_scenario(sc, ctx):
         raise Fail(f"block list differs from info ramblock: file {file_blocks} qemu {qemu_blocks}")
     classic_pages = info.pop("pages") if sc.kind == "classic" else None
     info.pop("pages", None)
-    cmp = compare_main_ram(path, info, pcram, low, [LEGACY_WINDOW], classic_pages)
+    if os.path.getsize(pcram) != ram:
+        raise Fail(f"pcram size {os.path.getsize(pcram):#x} != RAM size {ram:#x}")
+    if sc.numa:
+        cmp = compare_main_ram_blocks(path, info, pcram, low, [LEGACY_WINDOW], sc.main_ram_blocks)
+    else:
+        cmp = compare_main_ram(path, info, pcram, low, [LEGACY_WINDOW], classic_pages)
     if cmp["mismatch_count"]:
-        raise Fail(f"pc.ram differs from pmemsave outside {LEGACY_WINDOW}: {cmp['mismatch_ranges'][:10]}")
+        raise Fail(f"{'+'.join(sc.main_ram_blocks)} differs from pmemsave outside {LEGACY_WINDOW}: "
+                   f"{cmp['mismatch_ranges'][:10]}")
     if not sc.live and cmp.get("clear_bit_data_count"):
         raise Fail(f"stopped guest but pages with data and a clear bit: {cmp['clear_bit_data_ranges'][:10]}")
     if cmp.get("set_bit_zero_count"):
@@ -1299,6 +1532,23 @@ def run_scenario(sc, ctx):
                         "bits": "clear", "guest_value": 0}
     log(name, f"self-check ok: {cmp['bits_set']} bits set / {cmp['pages']} pages; legacy-window pages "
               f"differing: {cmp['excluded_diff_count']}")
+
+    elf_entry = {}
+    if elf_path:
+        os.chmod(elf_path, 0o644)
+        loads, echeck = check_elf_dump(elf_path, pcram, parts, [LEGACY_WINDOW])
+        log(name, f"ELF dump self-check ok: {len(loads)} PT_LOAD segments, main RAM equals pmemsave outside "
+                  f"{LEGACY_WINDOW} (differing there: {echeck['excluded_diff_ranges']}; not dumped: "
+                  f"{echeck['main_ram_not_in_dump']})")
+        elf_entry = {"elf_dump": os.path.basename(elf_path), "elf_dump_size": os.path.getsize(elf_path),
+                     "elf_dump_loads": loads, "elf_dump_check": echeck,
+                     "elf_dump_command": {"execute": "dump-guest-memory",
+                                          "arguments": {"paging": False, "protocol": "file:PATH",
+                                                        "format": "elf"}}}
+    if sc.numa:
+        elf_entry["main_ram_blocks"] = sc.main_ram_blocks
+        elf_entry["numa_nodes"] = [{"node": i, "block": b, "size": n}
+                                   for i, (b, n) in enumerate(zip(sc.main_ram_blocks, sc.numa_sizes))]
 
     pair_entry = {}
     if sc.pair_classic:
@@ -1394,6 +1644,7 @@ def run_scenario(sc, ctx):
         "seconds": round(time.time() - t_start, 2),
     })
     entry.update(pair_entry)
+    entry.update(elf_entry)
     return entry
 
 

@@ -3,13 +3,14 @@
 #   installs what is missing (libfuse3-dev, fuse3, QEMU 10 from bookworm-backports),
 #   builds the test guest, saves real QEMU guests with mapped-ram (pc and q35,
 #   256 MiB and 5 GiB, multifd, libvirt prefix, live save, classic, no vmdesc),
-#   then runs `swift test`: unit tests, tests against the real QEMU files, and
-#   mount tests through the kernel.
+#   installs Volatility 3 into .venv, then runs `swift test`: unit tests, tests
+#   against the real QEMU files, and mount tests through the kernel.
 #
 # Environment:
 #   MRAMFS_FIXTURES  where the QEMU files go (default: .fixtures in the checkout);
 #                    reused when its manifest is newer than the guest and the script
 #   MRAMFS_FRESH=1   remake the QEMU files even if they are there
+#   MRAMFS_VOLATILITY  Volatility 3's `vol` (default: .venv/bin/vol, installed from PyPI)
 #   CI=true          a missing prerequisite fails the run instead of skipping a test
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,14 @@ if [[ ${MRAMFS_FRESH:-0} == 1 || ! -f $manifest || Tests/Guest/guest.S -nt $mani
 else
   echo "test: reusing the QEMU files in $MRAMFS_FIXTURES (MRAMFS_FRESH=1 remakes them)" >&2
 fi
+
+# Volatility 3 (PyPI volatility3) in .venv, for the test that runs it over a mount.
+if [[ ! -x .venv/bin/vol ]]; then
+  echo "test: installing volatility3 into .venv" >&2
+  [[ -x .venv/bin/pip ]] || python3 -m venv .venv
+  .venv/bin/pip install --quiet volatility3
+fi
+export MRAMFS_VOLATILITY="${MRAMFS_VOLATILITY:-$PWD/.venv/bin/vol}"
 
 swift build --build-tests
 export MRAMFS_BIN_DIR="$(swift build --show-bin-path)"

@@ -42,10 +42,20 @@ public struct FixtureManifest: Decodable, Sendable {
   public var qemuVersion: String
   public var guest: Guest
   public var scenarios: [Scenario]
+  /// Scenarios added later (pc-256-live-classic, pc-numa-5g); absent in older manifests.
+  public var extraScenarios: [ExtraScenario]?
+
+  /// An entry of "extra_scenarios": the scenario, or nil where the entry has another shape
+  /// (pc-256-live-classic's stale_region describes records, not bits).
+  public struct ExtraScenario: Decodable, Sendable {
+    public var scenario: Scenario?
+    public init(from decoder: any Decoder) throws { scenario = try? Scenario(from: decoder) }
+  }
 
   enum CodingKeys: String, CodingKey {
     case format, guest, scenarios
     case qemuVersion = "qemu_version"
+    case extraScenarios = "extra_scenarios"
   }
 
   public struct Guest: Decodable, Sendable {
@@ -53,11 +63,14 @@ public struct FixtureManifest: Decodable, Sendable {
     public var markerStrings: [String: String]
     public var patterns: [Pattern]
     public var stale: Stale
+    /// Markers written through virtual addresses, by marker name (`virt_marker`).
+    public var virtualMarkers: [String: VirtualMarker]?
 
     enum CodingKeys: String, CodingKey {
       case readyGPA = "ready_gpa"
       case markerStrings = "marker_strings"
       case patterns, stale
+      case virtualMarkers = "virtual_markers"
     }
   }
 
@@ -101,6 +114,14 @@ public struct FixtureManifest: Decodable, Sendable {
     public var fileInfo: FileInfo
     /// The same stopped guest saved as a classic stream first, when the generator made one.
     public var classicFile: String?
+    /// QEMU's own `dump-guest-memory` (ELF, paging=false) of the same paused guest, when the generator made one.
+    public var elfDump: String?
+    /// The blocks that make main RAM in node order, for a NUMA guest (no pc.ram); nil means pc.ram.
+    public var mainRAMBlocks: [String]?
+    /// QEMU's HMP `info registers` of the stopped guest, parsed (only its segments are read here).
+    public var registers: HMPRegisters?
+    /// The same registers' integer values as hex strings (`RAX`, `RIP`, `RFL`, `CR3`, `EFER`, …), exact above 2^53.
+    public var registersHex: [String: String]?
 
     enum CodingKeys: String, CodingKey {
       case name, file, kind, multifd, live, vmdesc, vga, libvirt, ramblocks, pcram, lowmem, markers
@@ -114,6 +135,26 @@ public struct FixtureManifest: Decodable, Sendable {
       case fileSize = "file_size"
       case fileInfo = "file_info"
       case classicFile = "classic_file"
+      case elfDump = "elf_dump"
+      case mainRAMBlocks = "main_ram_blocks"
+      case registers
+      case registersHex = "registers_hex"
+    }
+  }
+
+  /// The `segments` of a scenario's parsed `info registers`: ES…GS, LDT, TR with
+  /// selector/base/limit/flags, and GDT/IDT with base/limit.
+  public struct HMPRegisters: Decodable, Sendable {
+    public var segments: [String: [String: UInt64]]
+  }
+
+  /// A marker the guest wrote through a virtual address.
+  public struct VirtualMarker: Decodable, Sendable {
+    public var vaHex: String
+    public var gpa: UInt64
+    enum CodingKeys: String, CodingKey {
+      case gpa
+      case vaHex = "va_hex"
     }
   }
 
@@ -262,7 +303,8 @@ public final class Fixtures: Sendable {
 
   /// The scenario `name`, or a failure saying the manifest lacks it.
   public func scenario(_ name: String) throws -> FixtureManifest.Scenario {
-    guard let s = manifest.scenarios.first(where: { $0.name == name }) else {
+    let all = manifest.scenarios + (manifest.extraScenarios ?? []).compactMap(\.scenario)
+    guard let s = all.first(where: { $0.name == name }) else {
       throw FixtureError(
         "manifest \(directory)/manifest.json has no scenario \(name) (it has \(manifest.scenarios.map(\.name)))")
     }
