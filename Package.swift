@@ -60,7 +60,8 @@ let package = Package(
     // Examples/hello: the smallest filesystem on the FUSE layer.
     .executableTarget(name: "hello-fs", dependencies: ["FUSE"], path: "Examples/hello"),
 
-    .testTarget(name: "MappedRAMTests", dependencies: ["MappedRAM", "MappedRAMTestSupport"]),
+    // Regressions/ holds the fuzzer's regression inputs, read from disk by RegressionTests.
+    .testTarget(name: "MappedRAMTests", dependencies: ["MappedRAM", "MappedRAMTestSupport"], exclude: ["Regressions"]),
     // The real QEMU files scripts/make-fixtures.py saves, and helpers to check them.
     .target(name: "QEMUFixtures", dependencies: ["MappedRAM"], path: "Tests/QEMUFixtures"),
     .testTarget(name: "QEMUTests", dependencies: ["MappedRAM", "MappedRAMTestSupport", "QEMUFixtures"]),

@@ -101,6 +101,10 @@ struct StreamParser {
 
   private mutating func parsePrefix() throws(FormatError) {
     if let given = options.streamOffset {
+      // Checked here, once: every later offset is the stream offset plus what the file holds.
+      guard given <= file.size, file.size - given >= 8 else {
+        throw FormatError.truncated("stream header", at: given, needed: 8, fileSize: file.size)
+      }
       streamOffset = given
       return
     }
@@ -211,8 +215,9 @@ struct StreamParser {
       let subAt = c.offset
       _ = try c.readUInt8(s)
       let len = try c.readUInt8(s)
-      let subName = String(decoding: try c.readBytes(Int(len), s), as: UTF8.self)
-      let sub = "configuration subsection \"\(subName)\""
+      let subBytes = try c.readBytes(Int(len), s)
+      let subName = String(decoding: subBytes, as: UTF8.self)
+      let sub = "configuration subsection \(quoted(subBytes))"
       let version = try c.readUInt32BE(sub)
       guard version == 1 else {
         throw FormatError(.badVersion, sub, at: subAt + 2 + UInt64(len), "version \(version), expected 1")
@@ -233,7 +238,7 @@ struct StreamParser {
             throw FormatError(.badValue, sub, at: capAt, "capability name \(quoted(bytes)) is empty or not UTF-8")
           }
           if !["mapped-ram", "fixed-ram", "x-ignore-shared"].contains(cap) {
-            warnings.append("unknown capability \"\(cap)\" in the configuration record")
+            warnings.append("unknown capability \(quoted(bytes)) in the configuration record")
           }
           capabilities.append(cap)
         }
@@ -270,7 +275,7 @@ struct StreamParser {
         let h = try readSectionHeader(&c, at: at)
         guard h.name == "ram" else {
           throw FormatError(
-            .unsupported, "section \"\(h.name)\"", at: at,
+            .unsupported, "section \(h.quotedName)", at: at,
             "an iterative section before ram; mramfs cannot skip it")
         }
         records.append(StreamRecord(kind: .sectionStart, offset: at, sectionID: h.id, name: h.name))
@@ -284,7 +289,7 @@ struct StreamParser {
       case RecordType.sectionFull:
         let h = try readSectionHeader(&c, at: at)
         throw FormatError(
-          .unsupported, "section \"\(h.name)\"", at: at, "a device section before ram; mramfs cannot skip it")
+          .unsupported, "section \(h.quotedName)", at: at, "a device section before ram; mramfs cannot skip it")
       case RecordType.eof:
         throw FormatError(.badValue, "stream", at: at, "EOF record before any ram section")
       default:
@@ -299,6 +304,8 @@ struct StreamParser {
     var name: String
     var instance: UInt32
     var version: UInt32
+    /// The name for messages: quoted, with control bytes escaped, so a message stays one line.
+    var quotedName: String { quoted(Array(name.utf8)) }
   }
 
   private func readSectionHeader(_ c: inout StreamCursor, at: UInt64) throws(FormatError) -> SectionHeader {
@@ -504,7 +511,12 @@ struct StreamParser {
         .overlap, s, at: h + 20,
         "pages_offset \(hex(pagesOffset)) overlaps the bitmap, which ends at \(hex(bitmapEnd))")
     }
-    _ = try pagesOffset.adding(length, s, at: h + 20, "pages_offset + used_length")
+    let pagesEnd = try pagesOffset.adding(length, s, at: h + 20, "pages_offset + used_length")
+    // pread takes a signed off_t: a pages region past 2^63 - 1 cannot be in any file.
+    guard pagesEnd <= UInt64(Int64.max) else {
+      throw FormatError(
+        .badValue, s, at: h + 20, "pages_offset + used_length \(hex(pagesEnd)) is past the largest file offset 2^63 - 1")
+    }
     let bitmap = try loadBitmap(
       name: name, pages: pages, at: bitmapOffset, size: bitmapSize, s)
     return RAMBlock(
@@ -542,7 +554,12 @@ struct StreamParser {
         .overlap, s, at: h + 4,
         "pages_offset \(hex(pagesOffset)) overlaps the bitmap, which ends at \(hex(bitmapEnd))")
     }
-    _ = try pagesOffset.adding(length, s, at: h + 4, "pages_offset + used_length")
+    let pagesEnd = try pagesOffset.adding(length, s, at: h + 4, "pages_offset + used_length")
+    // pread takes a signed off_t: a pages region past 2^63 - 1 cannot be in any file.
+    guard pagesEnd <= UInt64(Int64.max) else {
+      throw FormatError(
+        .badValue, s, at: h + 4, "pages_offset + used_length \(hex(pagesEnd)) is past the largest file offset 2^63 - 1")
+    }
     let bitmap = try loadBitmap(name: name, pages: pages, at: bitmapOffset, size: bitmapSize, s)
     return RAMBlock(
       name: name, length: length, pageSize: pageSize, entryOffset: entryAt, headerOffset: h, mrAddr: mrAddr,
@@ -556,7 +573,7 @@ struct StreamParser {
     if end > file.size {
       if options.force {
         warnings.append("block \(name): bitmap at \(hex(offset)) lies past the end of the file; reading it as empty")
-        return PageBitmap.from(pageCount: pages, setPages: [])
+        return PageBitmap(allClear: pages)
       }
       throw FormatError(
         .truncated, "bitmap of block \(quoted(name.bytes))", at: offset,
@@ -643,7 +660,7 @@ struct StreamParser {
           guard let other = sectionNames[id] else {
             throw FormatError(.badValue, "section record", at: at + 1, "section id \(id) was never started")
           }
-          return stopWalk(at: at, "section \"\(other)\" has a private format mramfs does not walk")
+          return stopWalk(at: at, "section \(quoted(Array(other.utf8))) has a private format mramfs does not walk")
         }
         try skipRAMBody(&c)
         try expectFooter(&c, id: id, "ram section footer")
@@ -654,7 +671,7 @@ struct StreamParser {
         let h = try readSectionHeader(&c, at: at)
         sectionNames[h.id] = h.name
         records.append(StreamRecord(kind: .sectionStart, offset: at, sectionID: h.id, name: h.name))
-        return stopWalk(at: at, "iterative section \"\(h.name)\" has a private format mramfs does not walk")
+        return stopWalk(at: at, "iterative section \(h.quotedName) has a private format mramfs does not walk")
       case RecordType.sectionFull:
         let h = try readSectionHeader(&c, at: at)
         sectionNames[h.id] = h.name
@@ -667,21 +684,21 @@ struct StreamParser {
           $0.name == h.name && $0.instanceID == h.instance
         }) else {
           deviceWalkOK = false
-          return stopWalk(at: at, "section \"\(h.name)\" \(h.instance) is not in the VM description")
+          return stopWalk(at: at, "section \(h.quotedName) \(h.instance) is not in the VM description")
         }
         let body = c.offset
         let size = desc.devices[index].bodySize
         guard let end = body.addingReportingOverflow(size).partialValue as UInt64?, size < file.size,
           end + 5 <= file.size
         else {
-          return stopWalk(at: at, "section \"\(h.name)\" would end past the end of the file")
+          return stopWalk(at: at, "section \(h.quotedName) would end past the end of the file")
         }
         c.seek(to: end)
         do {
-          try expectFooter(&c, id: h.id, "footer of section \"\(h.name)\"")
+          try expectFooter(&c, id: h.id, "footer of section \(h.quotedName)")
         } catch {
           return stopWalk(
-            at: at, "section \"\(h.name)\" does not end where its VM description says (\(error.problem))")
+            at: at, "section \(h.quotedName) does not end where its VM description says (\(error.problem))")
         }
         guard devices.count < Limits.deviceSectionCount else {
           return stopWalk(at: at, "more than \(Limits.deviceSectionCount) device sections")

@@ -101,7 +101,8 @@ public struct VMDescription: Sendable {
         guard let f = item as? [String: Any], let fname = f["name"] as? String,
           let size = (f["size"] as? NSNumber)?.uint64Value
         else {
-          throw FormatError(.badValue, "VM description of \"\(path)\"", at: offset, "a field without name or size")
+          throw FormatError(
+            .badValue, "VM description of \(quoted(Array(path.utf8)))", at: offset, "a field without name or size")
         }
         let type = f["type"] as? String ?? "unknown"
         var nested: VMSD? = nil

@@ -1,0 +1,1 @@
+../../../Sources/MappedRAMTestSupport/FixtureWriter.swift
