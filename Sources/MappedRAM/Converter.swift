@@ -12,6 +12,13 @@ public final class ClassicPageIndex: @unchecked Sendable {
   /// Replays the ram records of `file` (a classic stream).
   public init(file: MigrationFile) throws(FormatError) {
     precondition(file.format == .classic)
+    // Page records carry their flags in the low bits of a target-page-aligned offset,
+    // and the writer lays pages out in 4 KiB units.
+    guard (file.targetPageBits ?? 12) == 12 else {
+      throw FormatError(
+        .unsupported, "configuration record", at: file.streamOffset,
+        "target pages of \(1 << UInt64(file.targetPageBits ?? 12)) bytes; convert handles 4 KiB target pages only")
+    }
     var latest = [[UInt64: UInt64]](repeating: [:], count: file.blocks.count)
     var bodies: [UInt64] = []
     if let start = file.ramListEnd { bodies.append(start) }

@@ -212,6 +212,12 @@ struct StateDecoder {
         reason: "field \(quoted(Array(f.name.utf8))) needs \(overflow ? "more than 2^64" : "\(total)") bytes at offset "
           + "\(hex(base + UInt64(pos))), the section body has \(bytes.count - pos) left")
     }
+    // Zero-byte elements cost nothing in the body, so the body cannot bound their count.
+    guard f.size > 0 || count <= Limits.zeroSizeArrayLength else {
+      throw StateDecodeError(
+        reason: "field \(quoted(Array(f.name.utf8))) claims \(count) elements of 0 bytes "
+          + "(at most \(Limits.zeroSizeArrayLength) are decoded)")
+    }
     var elements: [DeviceValue] = []
     for _ in 0..<count {
       let end = pos + Int(f.size)

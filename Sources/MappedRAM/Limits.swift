@@ -19,6 +19,8 @@ public enum Limits {
   public static let commandLength: UInt64 = 1 << 16
   /// Largest libvirt XML + cookie area.
   public static let libvirtDataLength: UInt64 = 64 << 20
+  /// Most elements of a zero-byte array field decoded from a device section.
+  public static let zeroSizeArrayLength: UInt64 = 4096
   /// Most device sections listed from one stream.
   public static let deviceSectionCount = 65536
 }

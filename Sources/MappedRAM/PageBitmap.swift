@@ -23,7 +23,7 @@ public final class PageBitmap: @unchecked Sendable {
   /// Number of set bits (populated pages).
   public let populated: UInt64
   private let words: UnsafeMutablePointer<UInt64>
-  private let wordCount: Int
+  @usableFromInline let wordCount: Int
 
   /// Creates a bitmap from its file bytes, dropping padding bits past `pageCount`.
   ///
@@ -87,6 +87,17 @@ public final class PageBitmap: @unchecked Sendable {
     populated = count
   }
 
+  /// A bitmap with no page set and no storage for its words: a block whose bitmap
+  /// the file does not hold (a cut file opened with `force`). Its size is never
+  /// an allocation, whatever `pageCount` the file claims.
+  public init(allClear pageCount: UInt64) {
+    self.pageCount = pageCount
+    populated = 0
+    wordCount = 0
+    words = .allocate(capacity: 1)
+    words.initialize(to: 0)
+  }
+
   /// Creates a bitmap from an array of bytes in the given layout.
   public static func from(pageCount: UInt64, bytes: [UInt8], layout: BitmapLayout = .littleEndian64) -> PageBitmap {
     bytes.withUnsafeBytes { PageBitmap(pageCount: pageCount, bytes: $0, layout: layout) }
@@ -106,7 +117,7 @@ public final class PageBitmap: @unchecked Sendable {
   /// Whether page `page` is present in the file.
   @inlinable
   public func isSet(_ page: UInt64) -> Bool {
-    page < pageCount && word(Int(page >> 6)) >> (page & 63) & 1 == 1
+    page < pageCount && wordCount > 0 && word(Int(page >> 6)) >> (page & 63) & 1 == 1
   }
 
   @usableFromInline
@@ -115,7 +126,7 @@ public final class PageBitmap: @unchecked Sendable {
   /// The first set page in `[from, limit)`, or nil.
   public func nextSet(from: UInt64, limit: UInt64? = nil) -> UInt64? {
     let end = min(limit ?? pageCount, pageCount)
-    guard from < end else { return nil }
+    guard from < end, wordCount > 0 else { return nil }
     var w = Int(from >> 6)
     var v = words[w] & (~0 << (from & 63))
     let lastWord = Int((end - 1) >> 6)
@@ -134,6 +145,7 @@ public final class PageBitmap: @unchecked Sendable {
   public func nextClear(from: UInt64, limit: UInt64? = nil) -> UInt64? {
     let end = min(limit ?? pageCount, pageCount)
     guard from < end else { return nil }
+    guard wordCount > 0 else { return from }
     var w = Int(from >> 6)
     var v = ~words[w] & (~0 << (from & 63))
     let lastWord = Int((end - 1) >> 6)
@@ -160,7 +172,8 @@ public final class PageBitmap: @unchecked Sendable {
     return result
   }
 
-  /// The bitmap as little-endian 64-bit words, as an x86-64 QEMU writes it.
+  /// The bitmap as little-endian 64-bit words, as an x86-64 QEMU writes it
+  /// (empty for an ``init(allClear:)`` bitmap).
   public func littleEndianBytes() -> [UInt8] {
     var out = [UInt8](repeating: 0, count: wordCount * 8)
     for w in 0..<wordCount {

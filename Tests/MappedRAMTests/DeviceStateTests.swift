@@ -190,6 +190,21 @@ struct DeviceStateTests {
     #expect(d.problem?.contains("is not \"dev/sub\"") == true, "\(d.problem ?? "")")
   }
 
+  @Test("an array of 2^40 zero-byte elements is refused at once, not walked (found by the fuzzer)")
+  func zeroSizeArray() throws {
+    let json = """
+      {"name": "dev", "instance_id": 0, "vmsd_name": "dev", "version": 1, "fields": [\
+      {"name": "a", "type": "uint8", "size": 1}, \
+      {"name": "many", "type": "uint8", "size": 0, "array_len": 1099511627776}]}
+      """
+    var b = Body()
+    b.u(1, 1)
+    let file = try openWithDevices([FixtureDevice(name: "dev", json: json, body: b.bytes)])
+    let d = try #require(file.deviceStates().last)
+    #expect(d.state == nil)
+    #expect(d.problem?.contains("1099511627776 elements of 0 bytes") == true, "\(d.problem ?? "")")
+  }
+
   @Test("device file names escape / and % and keep name and instance apart")
   func fileNames() {
     #expect(DeviceState.fileName(name: "0000:00:01.3/piix4_pm", instance: 0) == "0000:00:01.3%2Fpiix4_pm.json")

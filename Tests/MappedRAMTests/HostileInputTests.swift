@@ -219,4 +219,16 @@ struct HostileInputTests {
       + Array(String(repeating: "]", count: 100).utf8) + Array("}".utf8)
     #expect(throws: FormatError.self) { try VMDescription.init(json: deep, at: 0) }
   }
+
+  @Test("a forced open's missing bitmap costs no memory, whatever size the block claims")
+  func allClearBitmap() {
+    // 2^40 pages would be 128 GiB of words: this only passes if nothing is allocated.
+    let b = PageBitmap(allClear: 1 << 40)
+    #expect(b.populated == 0)
+    #expect(!b.isSet(0) && !b.isSet((1 << 40) - 1) && !b.isSet(1 << 40))
+    #expect(b.nextSet(from: 0) == nil)
+    #expect(b.nextClear(from: 12345) == 12345)
+    #expect(b.nextClear(from: 1 << 40) == nil)
+    #expect(b.runs().isEmpty)
+  }
 }
