@@ -190,6 +190,20 @@ struct HostileInputTests {
     try expectError(patched(built.bytes, at: eos + 9, 99, 4), .badValue, "footer for section id 99, expected 1")
   }
 
+  @Test("a PACKAGED command (a nested postcopy stream) is refused, not followed")
+  func packagedCommand() throws {
+    let built = typicalStream().build()
+    let command = try #require(built.mark("command"))
+    try expectError(patched(built.bytes, at: command + 1, 7, 2), .unsupported, "PACKAGED", "not followed")
+  }
+
+  @Test("more than 4096 RAM blocks are refused at the block list")
+  func tooManyBlocks() throws {
+    var s = FixtureStream(blocks: (0...Limits.blockCount).map { FixtureBlock(name: "b\($0)", length: 4096) })
+    s.alignment = 4096
+    try expectError(s.build().bytes, .limitExceeded, "ram block list", "more than 4096 blocks")
+  }
+
   @Test("a compressed libvirt image is refused with what to do")
   func compressedLibvirt() throws {
     var s = typicalStream()
