@@ -204,6 +204,27 @@ struct HostileInputTests {
     try expectError(s.build().bytes, .limitExceeded, "ram block list", "more than 4096 blocks")
   }
 
+  @Test("a VM description above the 64 MiB limit is not read: refused, and --force opens the RAM")
+  func hugeVMDescription() throws {
+    var s = typicalStream()
+    s.vmDescription = false
+    let length = Int(Limits.vmDescriptionBytes) + 2
+    var bytes = s.build().bytes
+    bytes += [0x06] + be(UInt64(length), 4) + Array("{".utf8)
+    bytes += [UInt8](repeating: UInt8(ascii: " "), count: length - 2) + Array("}".utf8)
+    let path = try temporaryFile(bytes)
+    // Without the description the device sections cannot be walked to the EOF record.
+    let e = try openError(bytes)
+    #expect(e?.description.contains("cannot find the end of the stream") == true, "\(String(describing: e))")
+    var options = OpenOptions()
+    options.force = true
+    let file = try MigrationFile(path: path, options: options)
+    #expect(file.vmDescription == nil)
+    #expect(file.devicesUnavailableReason != nil)
+    #expect(file.warnings.contains { $0.contains("VM description") }, "\(file.warnings)")
+    #expect(try readAll(file, 1) == expected(s.blocks[1]))
+  }
+
   @Test("a compressed libvirt image is refused with what to do")
   func compressedLibvirt() throws {
     var s = typicalStream()
