@@ -112,6 +112,7 @@ struct StreamCursor {
   private var buffer: [UInt8] = []
   private var bufferStart: UInt64 = 0
   private static let chunk = 64 * 1024
+  private static let smallChunk = 512
 
   init(file: ImageFile, offset: UInt64) {
     self.file = file
@@ -142,7 +143,10 @@ struct StreamCursor {
     guard UInt64(count) <= remaining else {
       throw FormatError.truncated(structure(), at: offset, needed: UInt64(count), fileSize: file.size)
     }
-    let want = UInt64(max(count, Self.chunk))
+    // After a skip past the buffer (over a page's data, say) the next record is most
+    // likely a small header followed by another skip: read a little, not a chunk.
+    let skippedAhead = !buffer.isEmpty && offset > have
+    let want = UInt64(max(count, skippedAhead ? Self.smallChunk : Self.chunk))
     let take = min(want, remaining)
     buffer = try file.bytes(at: offset, count: take, structure())
     bufferStart = offset

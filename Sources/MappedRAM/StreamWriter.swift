@@ -360,9 +360,32 @@ public enum StreamWriter {
         var lastReported = first
         do throws(FormatError) {
           while p < last {
-            let n = max(1, min(b.source.candidateRun(from: p, limit: Int(min(UInt64(batch), last - p))), Int(last - p)))
+            // Gather consecutive candidate pages (fetched in the source's own runs) into one
+            // batch, so that scattered sources still get one write per run of data.
+            let room = Int(min(UInt64(batch), last - p))
+            var n = 0
+            var any = false
+            // The next candidate after the batch, when the gathering loop already asked for it.
+            var following: UInt64?? = nil
+            while n < room {
+              let k = max(1, min(b.source.candidateRun(from: p + UInt64(n), limit: room - n), room - n))
+              let part = UnsafeMutableRawBufferPointer(rebasing: buffer[n * ps..<(n + k) * ps])
+              if try b.source.pages(p + UInt64(n), count: k, into: part) {
+                any = true
+              } else {
+                memset(part.baseAddress!, 0, part.count)
+              }
+              n += k
+              if n < room {
+                let next = b.source.nextCandidate(from: p + UInt64(n))
+                if next != p + UInt64(n) {
+                  following = .some(next)
+                  break
+                }
+              }
+            }
             let run = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n * ps])
-            if try b.source.pages(p, count: n, into: run) {
+            if any {
               var i = 0
               while i < n {
                 if isZero(UnsafeRawBufferPointer(rebasing: run[i * ps..<(i + 1) * ps])) {
@@ -384,7 +407,7 @@ public enum StreamWriter {
               counter.add((p - lastReported) * pageSize)
               lastReported = p
             }
-            p = b.source.nextCandidate(from: p) ?? last
+            p = (following ?? b.source.nextCandidate(from: p)) ?? last
           }
         } catch {
           failures.set(error)
