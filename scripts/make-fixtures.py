@@ -806,21 +806,24 @@ def compare_main_ram_blocks(path, info, pcram_path, low, exclude_gpa, blocks):
 # ---------------------------------------------------------------------------
 # QEMU's own dump-guest-memory (ELF), and a check of it against the ground truth
 # ---------------------------------------------------------------------------
-def dump_guest_memory_sparse(q, out_path, workdir):
-    """QMP dump-guest-memory (paging=false, format elf) of the paused guest into a FIFO whose
-    reader writes only the non-zero pages of the stream, so the ELF file is sparse."""
-    fifo = os.path.join(workdir, "dump.fifo")
+def qmp_into_sparse(fifo, fd, base, command, what, timeout):
+    """Runs `command()` (a QMP command that writes to the path `fifo`) while a reader thread
+    copies what arrives into `fd` from offset `base`, writing only the non-zero pages, so the
+    file stays sparse. Returns the number of bytes QEMU wrote."""
     if os.path.exists(fifo):
         os.unlink(fifo)
     os.mkfifo(fifo, 0o600)
-    tmp = out_path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     result = {"n": 0, "err": None}
 
     def reader():
         try:
             rfd = os.open(fifo, os.O_RDONLY)
             try:
+                try:
+                    import fcntl
+                    fcntl.fcntl(rfd, 1031, MiB)  # F_SETPIPE_SZ
+                except OSError:
+                    pass
                 buf = bytearray(CHUNK)
                 mv = memoryview(buf)
                 while True:
@@ -832,8 +835,8 @@ def dump_guest_memory_sparse(q, out_path, workdir):
                         got += r
                     if got == 0:
                         break
-                    if got < CHUNK or buf != ZERO_CHUNK:
-                        write_nonzero_pages(fd, mv[:got], result["n"])
+                    if got < CHUNK or buf != ZERO_CHUNK:  # bytearray == bytes: memcmp
+                        write_nonzero_pages(fd, mv[:got], base + result["n"])
                     result["n"] += got
                     if got < CHUNK:
                         break
@@ -846,22 +849,37 @@ def dump_guest_memory_sparse(q, out_path, workdir):
     t.start()
     try:
         try:
-            q.cmd("dump-guest-memory", paging=False, protocol=f"file:{fifo}", format="elf")
+            command()
         except Fail:
             try:  # unblock the reader
                 os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
             except OSError:
                 pass
             raise
-        t.join(300)
+        t.join(timeout)
         if t.is_alive():
-            raise Fail("dump-guest-memory reader did not finish")
+            raise Fail(f"{what} reader did not finish")
         if result["err"]:
-            raise Fail(f"dump-guest-memory reader: {result['err']}")
-        os.ftruncate(fd, result["n"])
+            raise Fail(f"{what} reader: {result['err']}")
+    finally:
+        os.unlink(fifo)
+    return result["n"]
+
+
+def dump_guest_memory_sparse(q, out_path, workdir):
+    """QMP dump-guest-memory (paging=false, format elf) of the paused guest into a FIFO whose
+    reader writes only the non-zero pages of the stream, so the ELF file is sparse."""
+    fifo = os.path.join(workdir, "dump.fifo")
+    tmp = out_path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        n = qmp_into_sparse(
+            fifo, fd, 0,
+            lambda: q.cmd("dump-guest-memory", paging=False, protocol=f"file:{fifo}", format="elf"),
+            "dump-guest-memory", 300)
+        os.ftruncate(fd, n)
     finally:
         os.close(fd)
-        os.unlink(fifo)
     os.replace(tmp, out_path)
 
 
@@ -985,63 +1003,12 @@ def pmemsave_sparse(q, parts, out_path, total, workdir):
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, total)
+        fifo = os.path.join(workdir, "pmem.fifo")
         for gpa, size, foff in parts:
-            fifo = os.path.join(workdir, "pmem.fifo")
-            if os.path.exists(fifo):
-                os.unlink(fifo)
-            os.mkfifo(fifo, 0o600)
-            result = {"n": 0, "err": None}
-
-            def reader():
-                try:
-                    rfd = os.open(fifo, os.O_RDONLY)
-                    try:
-                        try:
-                            import fcntl
-                            fcntl.fcntl(rfd, 1031, MiB)  # F_SETPIPE_SZ
-                        except OSError:
-                            pass
-                        buf = bytearray(CHUNK)
-                        mv = memoryview(buf)
-                        off = foff
-                        while True:
-                            got = 0
-                            while got < CHUNK:
-                                r = os.readv(rfd, [mv[got:]])
-                                if r == 0:
-                                    break
-                                got += r
-                            if got == 0:
-                                break
-                            if got < CHUNK or buf != ZERO_CHUNK:  # bytearray == bytes: memcmp
-                                write_nonzero_pages(fd, mv[:got], off)
-                            off += got
-                            result["n"] += got
-                            if got < CHUNK:
-                                break
-                    finally:
-                        os.close(rfd)
-                except Exception as e:  # noqa: BLE001
-                    result["err"] = e
-
-            t = threading.Thread(target=reader, daemon=True)
-            t.start()
-            try:
-                q.cmd("pmemsave", val=gpa, size=size, filename=fifo)
-            except Fail:
-                try:  # unblock the reader
-                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-                except OSError:
-                    pass
-                raise
-            t.join(120)
-            os.unlink(fifo)
-            if t.is_alive():
-                raise Fail("pmemsave reader did not finish")
-            if result["err"]:
-                raise Fail(f"pmemsave reader: {result['err']}")
-            if result["n"] != size:
-                raise Fail(f"pmemsave {gpa:#x}+{size:#x}: got {result['n']:#x} bytes")
+            n = qmp_into_sparse(
+                fifo, fd, foff, lambda: q.cmd("pmemsave", val=gpa, size=size, filename=fifo), "pmemsave", 120)
+            if n != size:
+                raise Fail(f"pmemsave {gpa:#x}+{size:#x}: got {n:#x} bytes")
     finally:
         os.close(fd)
     os.replace(tmp, out_path)
