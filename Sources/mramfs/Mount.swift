@@ -98,6 +98,10 @@ extension Mramfs {
       // stay open for the life of the mount and keep their readers waiting.
       if readyFD == daemonReadyFD { closeDescriptors(from: daemonReadyFD + 1) }
       let mountOptions = try MountOptions(o)
+      // The daemon opens and checks the file itself, printing any error on our standard
+      // error before it reports ready, and its exit status becomes ours: opening it here
+      // too would parse the file (and read every bitmap) twice.
+      if !(foreground || debug || readyFD != nil) { return try daemonize() }
       var fileOptions = options
       if mountOptions.force { fileOptions.force = true }
       if mountOptions.nofollow { fileOptions.nofollow = true }
@@ -115,11 +119,7 @@ extension Mramfs {
             + "Convert it first: mramfs convert \(file) OUT.mapped, then mount OUT.mapped")
         throw Failure(code: 1)
       }
-      if foreground || debug || readyFD != nil {
-        try serve(migration, mountOptions)
-      } else {
-        try daemonize()
-      }
+      try serve(migration, mountOptions)
     }
 
     /// Starts this program again in the foreground, detached, and waits until it reports the mount ready.
