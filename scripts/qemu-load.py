@@ -29,14 +29,14 @@ It prints one JSON object on standard output:
    cont and the wait), "status_after_load", "mapped_ram", "offset", "machine_arg",
    "mem", "accel", "ramblocks" (info ramblock), "qemu_args", "seconds"}
 and exits 0; on any failure it prints {"error": "...", "qemu_log_tail": "..."} and
-exits 1. Python standard library only (it reuses make-fixtures.py's QMP client and
-sparse pmemsave).
+exits 1. Python standard library only (it reuses the QMP client and the sparse
+pmemsave of the fixtures package, scripts/fixtures/).
 """
 
 import argparse
-import importlib.util
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -44,19 +44,13 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True  # no scripts/fixtures/__pycache__ in the checkout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def load_make_fixtures():
-    sys.dont_write_bytecode = True  # no scripts/__pycache__ in the checkout
-    spec = importlib.util.spec_from_file_location("make_fixtures", os.path.join(HERE, "make-fixtures.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-mf = load_make_fixtures()
-Fail = mf.Fail
+from fixtures.common import GiB, MiB, Fail, lowmem  # noqa: E402
+from fixtures.guest import HEARTBEAT_GPA  # noqa: E402
+from fixtures.qmp import QMP, parse_ramblocks  # noqa: E402
+from fixtures.truth import pmemsave_sparse  # noqa: E402
 
 
 def stream_facts(path):
@@ -138,18 +132,18 @@ def main():
             if not a.fixtures:
                 raise Fail("--scenario needs --fixtures DIR")
             s = scenario_from_manifest(a.fixtures, a.scenario)
-            machine_arg, mem, vga = s["machine_arg"], f"{s['ram_bytes'] // mf.MiB}M", bool(s.get("vga"))
+            machine_arg, mem, vga = s["machine_arg"], f"{s['ram_bytes'] // MiB}M", bool(s.get("vga"))
             accel = a.accel or s.get("accel") or "tcg"
         else:
             if not (a.machine and a.mem):
                 raise Fail("give --fixtures DIR --scenario NAME, or --machine ARG --mem SIZE [--vga]")
             machine_arg, mem, vga, accel = a.machine, a.mem, a.vga, a.accel or "tcg"
-        m = mf.re.fullmatch(r"(\d+)([MG])", mem)
+        m = re.fullmatch(r"(\d+)([MG])", mem)
         if not m:
             raise Fail(f"--mem {mem}: expected NNNM or NNG")
-        ram = int(m.group(1)) * (mf.MiB if m.group(2) == "M" else mf.GiB)
+        ram = int(m.group(1)) * (MiB if m.group(2) == "M" else GiB)
         family = machine_arg.split(",")[0]
-        low = mf.lowmem(family, ram)
+        low = lowmem(family, ram)
 
         detected_offset, caps, file_machine = stream_facts(a.file)
         offset = detected_offset if a.offset == "auto" else int(a.offset, 0)
@@ -171,7 +165,7 @@ def main():
                        "file_capabilities": caps, "qemu_args": args[1:]})
         with open(logpath, "wb") as logf:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
-        q = mf.QMP(sock, proc, "load")
+        q = QMP(sock, proc, "load")
         q.cmd("migrate-set-capabilities", capabilities=[{"capability": "mapped-ram", "state": mapped}])
         uri = f"file:{os.path.abspath(a.file)}" + (f",offset={offset}" if offset else "")
         q.cmd("migrate-incoming", uri=uri, **{"exit-on-error": False})
@@ -190,21 +184,21 @@ def main():
             time.sleep(0.05)
         result["load_seconds"] = round(time.time() - t_load, 2)
         result["status_after_load"] = q.cmd("query-status").get("status")
-        result["ramblocks"] = mf.parse_ramblocks(q.hmp("info ramblock"))
+        result["ramblocks"] = parse_ramblocks(q.hmp("info ramblock"))
 
         parts = [(0, min(ram, low), 0)]
         if ram > low:
             parts.append((1 << 32, ram - low, low))
         out = os.path.abspath(a.pcram)
-        mf.pmemsave_sparse(q, parts, out, ram, workdir)
+        pmemsave_sparse(q, parts, out, ram, workdir)
         result["pcram"] = out
         result["pcram_layout"] = [{"gpa": g, "length": n, "pcram_offset": o} for g, n, o in parts]
         result["lowmem"] = low
 
-        result["heartbeat_before"] = struct.unpack("<Q", q.read_phys(mf.HEARTBEAT_GPA, 8))[0]
+        result["heartbeat_before"] = struct.unpack("<Q", q.read_phys(HEARTBEAT_GPA, 8))[0]
         q.cmd("cont")
         time.sleep(a.run_seconds)
-        result["heartbeat_after"] = struct.unpack("<Q", q.read_phys(mf.HEARTBEAT_GPA, 8))[0]
+        result["heartbeat_after"] = struct.unpack("<Q", q.read_phys(HEARTBEAT_GPA, 8))[0]
         result["status"] = q.cmd("query-status").get("status")
         result["seconds"] = round(time.time() - t0, 2)
         code = 0

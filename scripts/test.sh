@@ -8,7 +8,8 @@
 #
 # Environment:
 #   MRAMFS_FIXTURES  where the QEMU files go (default: .fixtures in the checkout);
-#                    reused when its manifest is newer than the guest and the script
+#                    reused when its manifest is newer than the guest and the scripts
+#                    that make it (scripts/make-fixtures.py, scripts/fixtures/)
 #   MRAMFS_FRESH=1   remake the QEMU files even if they are there
 #   MRAMFS_VOLATILITY  Volatility 3's `vol` (default: .venv/bin/vol, installed from PyPI)
 #   CI=true          a missing prerequisite fails the run instead of skipping a test
@@ -19,7 +20,9 @@ bash scripts/install-deps.sh
 
 export MRAMFS_FIXTURES="${MRAMFS_FIXTURES:-$PWD/.fixtures}"
 manifest="$MRAMFS_FIXTURES/manifest.json"
-if [[ ${MRAMFS_FRESH:-0} == 1 || ! -f $manifest || Tests/Guest/guest.S -nt $manifest || scripts/make-fixtures.py -nt $manifest ]]; then
+# Stale when the guest, scripts/make-fixtures.py or any file of its package scripts/fixtures/ is newer.
+if [[ ${MRAMFS_FRESH:-0} == 1 || ! -f $manifest || Tests/Guest/guest.S -nt $manifest ||
+      -n $(find scripts/make-fixtures.py scripts/fixtures -newer "$manifest" -print -quit) ]]; then
   echo "test: saving real QEMU guests into $MRAMFS_FIXTURES" >&2
   rm -rf "$MRAMFS_FIXTURES"
   python3 scripts/make-fixtures.py "$MRAMFS_FIXTURES"

@@ -1,1 +1,1 @@
-../../../Sources/MappedRAMTestSupport/FixtureWriter.swift
+../../../Tests/MigrationFormatTestSupport/FixtureWriter.swift
