@@ -10,7 +10,7 @@ import PackageDescription
 let package = Package(
   name: "mramfs-fuzz",
   products: [
-    .executable(name: "mramfs-fuzz", targets: ["MappedRAMFuzz"])
+    .executable(name: "mramfs-fuzz", targets: ["MigrationFormatFuzz"])
   ],
   dependencies: [
     // Named, so the dependency does not take its identity from the checkout's directory name.
@@ -21,12 +21,15 @@ let package = Package(
     // keeps it internal to its tests, and a second copy would drift.
     .target(
       name: "FuzzFixtures",
-      dependencies: [.product(name: "MappedRAM", package: "mramfs")]
+      dependencies: [.product(name: "MigrationFormat", package: "mramfs")]
     ),
     // LLVMFuzzerTestOneInput over MigrationFile and everything that parses; libFuzzer supplies main.
     .executableTarget(
-      name: "MappedRAMFuzz",
-      dependencies: ["FuzzFixtures", .product(name: "MappedRAM", package: "mramfs")]
+      name: "MigrationFormatFuzz",
+      dependencies: [
+        "FuzzFixtures", .product(name: "MigrationFormat", package: "mramfs"),
+        .product(name: "GuestViews", package: "mramfs"), .product(name: "SaveFilesystem", package: "mramfs"),
+      ]
     ),
   ]
 )

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the format library (Sources/MappedRAM) with libFuzzer and AddressSanitizer.
+# Fuzzes the format library (Sources/MigrationFormat) and the layers above it with libFuzzer and AddressSanitizer.
 #
 #   scripts/fuzz.sh [SECONDS]      run for SECONDS (default 300), then print the figures
 #
@@ -7,7 +7,7 @@
 # main build) into .build-fuzz, writes fresh seeds into .fuzz/seeds (synthetic streams, and
 # shrunk copies of the real QEMU files when they are there), and runs one libFuzzer job.
 # The corpus grows in .fuzz/corpus across runs; crashes land in .fuzz/crashes. A crash
-# becomes a regression file in Tests/MappedRAMTests/Regressions once its bug is fixed;
+# becomes a regression file in Tests/SaveFilesystemTests/Regressions once its bug is fixed;
 # those files seed every run too.
 #
 # Environment:
@@ -54,7 +54,7 @@ touch "$work/.started"
 # -max_len: seeds from real files are up to ~300 KB; 1 MiB leaves room to grow.
 # -malloc_limit_mb: a single allocation above 1 GiB from a 1 MiB input is a bug too.
 # shellcheck disable=SC2086
-"$bin" "$work/corpus" "$work/seeds" $(ls -d Tests/MappedRAMTests/Regressions 2>/dev/null) \
+"$bin" "$work/corpus" "$work/seeds" $(ls -d Tests/SaveFilesystemTests/Regressions 2>/dev/null) \
   -dict=Fuzz/mramfs.dict \
   -max_total_time="$seconds" -max_len=1048576 \
   -rss_limit_mb=4096 -malloc_limit_mb=1024 -timeout=30 \

@@ -10,8 +10,6 @@ final class SessionContext: Sendable {
   let logger: Logger
   /// The `-o max_read=N` mount option, mirrored into `conn->max_read` before `init`.
   let mountMaxRead: UInt32?
-  /// Per-worker buffers in which `readdir` replies are packed.
-  let directoryBuffers = WorkerBuffer(capacity: 128 * 1024)
 
   init(fileSystem: any FileSystem, logger: Logger, mountMaxRead: UInt32?) {
     self.fileSystem = fileSystem
@@ -96,7 +94,7 @@ func makeOperations() -> fuse_lowlevel_ops {
     guard let req else { return }
     SessionContext.of(req).fileSystem.open(
       Request(req), inode: INode(ino), flags: OpenFlags(rawValue: fi?.pointee.flags ?? 0),
-      reply: ReplyOpen(ReplyTarget(req), fileInfo: fi))
+      reply: ReplyOpen(ReplyTarget(req), fileInfo: fi?.pointee ?? fuse_file_info()))
   }
 
   ops.read = { req, ino, size, offset, fi in
@@ -117,14 +115,13 @@ func makeOperations() -> fuse_lowlevel_ops {
     guard let req else { return }
     SessionContext.of(req).fileSystem.opendir(
       Request(req), inode: INode(ino), flags: OpenFlags(rawValue: fi?.pointee.flags ?? 0),
-      reply: ReplyOpen(ReplyTarget(req), fileInfo: fi))
+      reply: ReplyOpen(ReplyTarget(req), fileInfo: fi?.pointee ?? fuse_file_info()))
   }
 
   ops.readdir = { req, ino, size, offset, fi in
     guard let req else { return }
     let context = SessionContext.of(req)
-    let reply = ReplyDirectory(
-      ReplyTarget(req), buffer: context.directoryBuffers.current, size: size)
+    let reply = ReplyDirectory(ReplyTarget(req), size: size)
     context.fileSystem.readdir(
       Request(req), inode: INode(ino), handle: FileHandle(fi?.pointee.fh ?? 0),
       offset: Int64(offset), reply: reply)

@@ -46,7 +46,6 @@ public final class ReplyRecorder: Sendable {
   private let recorded = Mutex<[RecordedReply]>([])
   /// The logger replies use for "no reply sent" warnings.
   public let logger: Logger
-  let directoryBuffer = WorkerBuffer(capacity: 128 * 1024)
 
   /// Creates an empty recorder.
   public init(logger: Logger = Logger(label: "FUSE.ReplyRecorder")) {

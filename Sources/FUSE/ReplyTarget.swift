@@ -2,6 +2,14 @@ import CFuse
 import Logging
 import SystemPackage
 
+// Every reply is a one-shot, noncopyable value: a handler receives it `consuming`, and
+// each answering method is `consuming` too, so the compiler rejects a second answer and
+// a reply escaping into two places. A reply dropped without an answer answers EIO from
+// its `deinit` and logs a warning, so the client's system call never hangs.
+//
+// Replies are `@unchecked Sendable`: libfuse lets any thread answer a request, so a
+// handler may hand its reply to another thread and answer later.
+
 /// Where a reply goes: the kernel, through a libfuse request, or a test's ``ReplyRecorder``.
 ///
 /// Every field is trivially destroyable, which `discard self` in the reply types needs.

@@ -23,15 +23,19 @@ public enum SessionExit: Hashable, Sendable {
 ///   fileSystem: fs, mountpoint: path, options: ["ro", "subtype=mramfs"])
 /// try session.installSignalHandlers()
 /// try session.mount()
-/// try session.reportReady(to: readyPipe)      // optional: tell a parent the mount is up
-/// let exit = try session.run(threads: 8)     // blocks until unmounted or signalled
-/// session.close()                            // unmounts, destroys, releases the file system
+/// let exit = try session.run(threads: 8) { _ in      // blocks until unmounted or signalled;
+///   try? FUSESession.reportReady(to: readyPipe)      // the closure runs once the mount answers
+/// }
+/// session.close()                                   // unmounts, destroys, releases the file system
 /// ```
 ///
 /// A session is used from one thread; the file system's handlers run on libfuse's workers.
 public final class FUSESession {
   /// The directory the file system is (to be) mounted on.
   public let mountpoint: String
+  /// ``mountpoint`` with symbolic links resolved, taken before mounting: once mounted, resolving
+  /// it would ask this session's own workers.
+  public let resolvedMountpoint: String
   /// The options given to libfuse, without the `-o` flags.
   public let options: [String]
 
@@ -67,6 +71,12 @@ public final class FUSESession {
     self.logger = logger
     self.mountpoint = mountpoint
     self.options = options
+    if let real = realpath(mountpoint, nil) {
+      resolvedMountpoint = String(cString: real)
+      free(real)
+    } else {
+      resolvedMountpoint = mountpoint
+    }
 
     arguments = cfuse_args_init(0, nil)
     let program = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") }
@@ -143,11 +153,17 @@ public final class FUSESession {
   ///     own default, `UINT_MAX`, is not passed on: 3.14 would print "Ignoring invalid
   ///     max threads value".)
   ///   - cloneFD: Whether each worker reads from its own `/dev/fuse` descriptor.
+  ///   - whenReady: Called once, on a thread of its own, when the mount answers: a `stat` of
+  ///     the mount point succeeds on this mount's device while the loop runs. Never called
+  ///     when the loop stops first (the kernel refused INIT, the mount went away). This is
+  ///     the moment to tune the mount (readahead) and tell a waiting parent, see
+  ///     ``reportReady(to:)``.
   /// - Returns: How the loop ended.
   /// - Throws: The error that stopped the loop, such as a lost connection.
-  public func run(threads: Int = 10, idleThreads: Int? = nil, cloneFD: Bool = false) throws(Errno)
-    -> SessionExit
-  {
+  public func run(
+    threads: Int = 10, idleThreads: Int? = nil, cloneFD: Bool = false,
+    whenReady: (@Sendable (MountedDevice) -> Void)? = nil
+  ) throws(Errno) -> SessionExit {
     guard let session, isMounted else { throw .invalidArgument }
     guard let config = fuse_loop_cfg_create() else { throw .noMemory }
     defer { fuse_loop_cfg_destroy(config) }
@@ -156,16 +172,29 @@ public final class FUSESession {
       fuse_loop_cfg_set_idle_threads(config, UInt32(clamping: max(0, idleThreads)))
     }
     fuse_loop_cfg_set_clone_fd(config, cloneFD ? 1 : 0)
-    return try exit(cfuse_session_loop_mt(session, config))
+    let probe = startProbe(whenReady)
+    let result = cfuse_session_loop_mt(session, config)
+    probe?.loopEnded.store(1, ordering: .releasing)
+    return try exit(result)
   }
 
   /// Answers requests on the calling thread only (`fuse_session_loop`), like libfuse's `-s`.
   ///
   /// For queue-depth-one workloads this is as fast as the threaded loop, and handlers
-  /// never run concurrently.
-  public func runSingleThreaded() throws(Errno) -> SessionExit {
+  /// never run concurrently. `whenReady` is as for ``run(threads:idleThreads:cloneFD:whenReady:)``.
+  public func runSingleThreaded(whenReady: (@Sendable (MountedDevice) -> Void)? = nil) throws(Errno) -> SessionExit {
     guard let session, isMounted else { throw .invalidArgument }
-    return try exit(fuse_session_loop(session))
+    let probe = startProbe(whenReady)
+    let result = fuse_session_loop(session)
+    probe?.loopEnded.store(1, ordering: .releasing)
+    return try exit(result)
+  }
+
+  private func startProbe(_ whenReady: (@Sendable (MountedDevice) -> Void)?) -> ReadinessProbe? {
+    guard let whenReady else { return nil }
+    let probe = ReadinessProbe(mountpoint: resolvedMountpoint, callback: whenReady)
+    probe.start()
+    return probe
   }
 
   /// Unmounts the file system (`fuse_session_unmount`); does nothing if it is not mounted.
@@ -209,10 +238,11 @@ public final class FUSESession {
   ///
   /// This is how a command offers "background" mounting without forking a Swift
   /// process: the parent starts itself again in the foreground with the write end of a
-  /// pipe, waits for a line on the read end, and exits 0 on `ready` or 1 on end of file
-  /// (the child failed; its standard error says why). Call it after ``mount()``.
-  public func reportReady(to descriptor: FileDescriptor) throws(Errno) {
-    guard isMounted else { throw .invalidArgument }
+  /// pipe, waits for a line on the read end, and exits 0 on `ready` or with the child's
+  /// status on end of file (the child failed; its standard error says why). Call it from
+  /// the `whenReady` closure of ``run(threads:idleThreads:cloneFD:whenReady:)``, which
+  /// runs only once the mount really answers.
+  public static func reportReady(to descriptor: FileDescriptor) throws(Errno) {
     defer { try? descriptor.close() }
     do {
       _ = try descriptor.writeAll("ready\n".utf8)

@@ -1,3 +1,5 @@
+import MigrationFormat
+
 /// Device state decoded from a device (FULL) section, field by field, using
 /// the section's description in the VM description JSON (FORMAT.md §8).
 ///
@@ -18,23 +20,6 @@ public struct DeviceState: Sendable {
   public let bodySize: UInt64
   /// Why the body is not (fully) decoded; nil when every byte is accounted for.
   public let problem: String?
-
-  /// The file name of the section in a mount's `devices` directory (without the directory).
-  public var fileName: String { DeviceState.fileName(name: section.name, instance: section.instanceID) }
-
-  /// `NAME.json` for instance 0 and `NAME.INSTANCE.json` otherwise, with NAME percent-encoded as
-  /// ``BlockPaths/encode(_:firstByte:)`` does (`/` becomes `%2F`, `%` becomes `%25`, control bytes,
-  /// spaces and non-ASCII bytes `%XX`). A name that ends in `.` and digits gets that `.` encoded as
-  /// `%2E`, so that `dma.1.json` can only be `dma` instance 1.
-  public static func fileName(name: String, instance: UInt32) -> String {
-    var encoded = BlockPaths.encode(Array(name.utf8), firstByte: false)
-    if let dot = encoded.lastIndex(of: "."), encoded.index(after: dot) < encoded.endIndex,
-      encoded[encoded.index(after: dot)...].allSatisfy({ $0.isASCII && $0.isNumber })
-    {
-      encoded.replaceSubrange(dot...dot, with: "%2E")
-    }
-    return instance == 0 ? "\(encoded).json" : "\(encoded).\(instance).json"
-  }
 }
 
 /// One decoded vmstate: a device, a struct element, or a subsection.

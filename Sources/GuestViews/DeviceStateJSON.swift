@@ -1,3 +1,5 @@
+import MigrationFormat
+
 /// The JSON text of decoded device state (a mount's `devices/*.json`).
 ///
 /// Written by hand rather than through `JSONEncoder`, so that every integer
@@ -21,7 +23,7 @@ extension DeviceState {
       members.append(("vmsdName", .string(state.vmsdName)))
       members.append(contentsOf: DeviceState.members(of: state).filter { $0.0 != "vmsdName" && $0.0 != "version" })
     }
-    w.write(.object(members), indent: 0)
+    w.write(.object(members))
     return w.text + "\n"
   }
 
@@ -54,99 +56,5 @@ extension DeviceState {
     case .structure(let s): return .object(members(of: s))
     case .array(let a): return .array(a.map(item))
     }
-  }
-}
-
-/// Lower-case hex digits of `bytes`, two per byte.
-func hexString(_ bytes: [UInt8]) -> String {
-  let digits = Array("0123456789abcdef".utf8)
-  var out = [UInt8]()
-  out.reserveCapacity(bytes.count * 2)
-  for b in bytes {
-    out.append(digits[Int(b >> 4)])
-    out.append(digits[Int(b & 15)])
-  }
-  return String(decoding: out, as: UTF8.self)
-}
-
-/// A minimal pretty-printing JSON writer: objects keep their member order, numbers are written as given.
-struct JSONTextWriter {
-  /// A JSON value.
-  indirect enum Item {
-    /// A number or literal, written verbatim.
-    case number(String)
-    case string(String)
-    case array([Item])
-    case object([(String, Item)])
-
-    var isScalar: Bool {
-      switch self {
-      case .number, .string: return true
-      case .array, .object: return false
-      }
-    }
-  }
-
-  var text = ""
-
-  mutating func write(_ item: Item, indent: Int) {
-    let pad = String(repeating: "  ", count: indent + 1)
-    let close = String(repeating: "  ", count: indent)
-    switch item {
-    case .number(let n): text += n
-    case .string(let s): text += JSONTextWriter.quote(s)
-    case .array(let a):
-      if a.isEmpty {
-        text += "[]"
-      } else if a.allSatisfy(\.isScalar) {
-        text += "["
-        for (i, e) in a.enumerated() {
-          if i > 0 { text += ", " }
-          write(e, indent: indent + 1)
-        }
-        text += "]"
-      } else {
-        text += "[\n"
-        for (i, e) in a.enumerated() {
-          text += pad
-          write(e, indent: indent + 1)
-          text += i == a.count - 1 ? "\n" : ",\n"
-        }
-        text += close + "]"
-      }
-    case .object(let m):
-      if m.isEmpty {
-        text += "{}"
-        return
-      }
-      text += "{\n"
-      for (i, (k, v)) in m.enumerated() {
-        text += pad + JSONTextWriter.quote(k) + ": "
-        write(v, indent: indent + 1)
-        text += i == m.count - 1 ? "\n" : ",\n"
-      }
-      text += close + "}"
-    }
-  }
-
-  /// `s` as a JSON string literal.
-  static func quote(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-      switch u {
-      case "\"": out += "\\\""
-      case "\\": out += "\\\\"
-      case "\n": out += "\\n"
-      case "\r": out += "\\r"
-      case "\t": out += "\\t"
-      default:
-        if u.value < 0x20 {
-          out += "\\u00" + (u.value < 16 ? "0" : "") + String(u.value, radix: 16)
-        } else {
-          out.unicodeScalars.append(u)
-        }
-      }
-    }
-    return out + "\""
   }
 }

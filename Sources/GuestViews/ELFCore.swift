@@ -3,6 +3,7 @@
 #elseif canImport(Darwin)
   import Darwin
 #endif
+import MigrationFormat
 
 /// The layout and header bytes of a mount's `vmcore`: an ELF64 core file of the guest, shaped the
 /// way QEMU's `dump-guest-memory` (paging=false, format elf) shapes one, built from the saved file.
@@ -116,44 +117,44 @@ public struct ELFCore: Sendable, Equatable {
       populated += ELFCore.populatedBytes(file.blocks[p.block], from: p.blockOffset, length: p.length)
     }
 
-    var h = ELFBytes()
+    var h = ByteWriter()
     // ELF header.
-    h.raw([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0])  // ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ELFOSABI_NONE
-    h.zeros(8)
-    h.u16(4)  // ET_CORE
-    h.u16(62)  // EM_X86_64
-    h.u32(1)  // e_version
-    h.u64(0)  // e_entry
-    h.u64(64)  // e_phoff
-    h.u64(0)  // e_shoff
-    h.u32(0)  // e_flags
-    h.u16(64)  // e_ehsize
-    h.u16(56)  // e_phentsize
-    h.u16(UInt16(phnum))
-    h.u16(64)  // e_shentsize
-    h.u16(0)  // e_shnum
-    h.u16(0)  // e_shstrndx
+    h.append([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0])  // ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ELFOSABI_NONE
+    h.appendZeros(8)
+    h.appendUInt16LE(4)  // ET_CORE
+    h.appendUInt16LE(62)  // EM_X86_64
+    h.appendUInt32LE(1)  // e_version
+    h.appendUInt64LE(0)  // e_entry
+    h.appendUInt64LE(64)  // e_phoff
+    h.appendUInt64LE(0)  // e_shoff
+    h.appendUInt32LE(0)  // e_flags
+    h.appendUInt16LE(64)  // e_ehsize
+    h.appendUInt16LE(56)  // e_phentsize
+    h.appendUInt16LE(UInt16(phnum))
+    h.appendUInt16LE(64)  // e_shentsize
+    h.appendUInt16LE(0)  // e_shnum
+    h.appendUInt16LE(0)  // e_shstrndx
     // PT_NOTE.
-    h.u32(4)
-    h.u32(0)
-    h.u64(UInt64(notesOffset))
-    h.u64(0)
-    h.u64(0)
-    h.u64(UInt64(notes.count))
-    h.u64(UInt64(notes.count))
-    h.u64(0)
+    h.appendUInt32LE(4)
+    h.appendUInt32LE(0)
+    h.appendUInt64LE(UInt64(notesOffset))
+    h.appendUInt64LE(0)
+    h.appendUInt64LE(0)
+    h.appendUInt64LE(UInt64(notes.count))
+    h.appendUInt64LE(UInt64(notes.count))
+    h.appendUInt64LE(0)
     // PT_LOADs: flags 0 and align 0, and virtual address = physical address, as QEMU writes them.
     for s in segments {
-      h.u32(1)
-      h.u32(0)
-      h.u64(s.fileOffset)
-      h.u64(s.gpa)
-      h.u64(s.gpa)
-      h.u64(s.length)
-      h.u64(s.length)
-      h.u64(0)
+      h.appendUInt32LE(1)
+      h.appendUInt32LE(0)
+      h.appendUInt64LE(s.fileOffset)
+      h.appendUInt64LE(s.gpa)
+      h.appendUInt64LE(s.gpa)
+      h.appendUInt64LE(s.length)
+      h.appendUInt64LE(s.length)
+      h.appendUInt64LE(0)
     }
-    h.raw(notes)
+    h.append(notes)
     header = h.bytes
     self.dataOffset = dataOffset
     self.segments = segments
@@ -226,28 +227,28 @@ public struct ELFCore: Sendable, Equatable {
 
   /// `NT_PRSTATUS` for each vCPU, then QEMU's CPU-state note for each vCPU.
   static func notes(_ registers: [X86Registers]) -> [UInt8] {
-    var n = ELFBytes()
-    for (i, r) in registers.enumerated() { n.note(name: "CORE", type: 1, desc: prstatus(r, pid: UInt32(i + 1))) }
-    for r in registers { n.note(name: "QEMU", type: 0, desc: qemuCPUState(r)) }
+    var n = ByteWriter()
+    for (i, r) in registers.enumerated() { n.appendELFNote(name: "CORE", type: 1, desc: prstatus(r, pid: UInt32(i + 1))) }
+    for r in registers { n.appendELFNote(name: "QEMU", type: 0, desc: qemuCPUState(r)) }
     return n.bytes
   }
 
   /// struct elf_prstatus for x86-64 (336 bytes): signal info, pids, times, then pr_reg
   /// (user_regs_struct: r15 … gs), then pr_fpvalid.
   static func prstatus(_ r: X86Registers, pid: UInt32) -> [UInt8] {
-    var d = ELFBytes()
-    d.zeros(32)  // pr_info (12), pr_cursig (2), padding (2), pr_sigpend, pr_sighold
-    d.u32(pid)  // pr_pid
-    d.zeros(12)  // pr_ppid, pr_pgrp, pr_sid
-    d.zeros(64)  // pr_utime, pr_stime, pr_cutime, pr_cstime
+    var d = ByteWriter()
+    d.appendZeros(32)  // pr_info (12), pr_cursig (2), padding (2), pr_sigpend, pr_sighold
+    d.appendUInt32LE(pid)  // pr_pid
+    d.appendZeros(12)  // pr_ppid, pr_pgrp, pr_sid
+    d.appendZeros(64)  // pr_utime, pr_stime, pr_cutime, pr_cstime
     let regs: [UInt64?] = [
       r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx, r.rsi, r.rdi,
       0,  // orig_rax: QEMU writes 0
       r.rip, r.cs?.selector, r.rflags, r.rsp, r.ss?.selector, r.fs?.base, r.gs?.base,
       r.ds?.selector, r.es?.selector, r.fs?.selector, r.gs?.selector,
     ]
-    for v in regs { d.u64(v ?? 0) }
-    d.zeros(8)  // pr_fpvalid and padding
+    for v in regs { d.appendUInt64LE(v ?? 0) }
+    d.appendZeros(8)  // pr_fpvalid and padding
     return d.bytes
   }
 
@@ -255,52 +256,31 @@ public struct ELFCore: Sendable, Equatable {
   /// registers rax…r15, rip, rflags, ten segments (cs, ds, es, fs, gs, ss, ldt, tr, gdt, idt: each
   /// u32 selector, u32 limit, u32 flags, u32 padding, u64 base), cr[0…4], kernel_gs_base.
   static func qemuCPUState(_ r: X86Registers) -> [UInt8] {
-    var d = ELFBytes()
-    d.u32(1)
-    d.u32(440)
+    var d = ByteWriter()
+    d.appendUInt32LE(1)
+    d.appendUInt32LE(440)
     let regs: [UInt64?] = [
       r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
       r.rip, r.rflags,
     ]
-    for v in regs { d.u64(v ?? 0) }
+    for v in regs { d.appendUInt64LE(v ?? 0) }
     for s in [r.cs, r.ds, r.es, r.fs, r.gs, r.ss, r.ldtr, r.tr] {
-      d.u32(UInt32(truncatingIfNeeded: s?.selector ?? 0))
-      d.u32(UInt32(truncatingIfNeeded: s?.limit ?? 0))
-      d.u32(UInt32(truncatingIfNeeded: s?.attributes ?? 0))
-      d.u32(0)
-      d.u64(s?.base ?? 0)
+      d.appendUInt32LE(UInt32(truncatingIfNeeded: s?.selector ?? 0))
+      d.appendUInt32LE(UInt32(truncatingIfNeeded: s?.limit ?? 0))
+      d.appendUInt32LE(UInt32(truncatingIfNeeded: s?.attributes ?? 0))
+      d.appendUInt32LE(0)
+      d.appendUInt64LE(s?.base ?? 0)
     }
     for t in [r.gdt, r.idt] {
-      d.u32(0)
-      d.u32(UInt32(truncatingIfNeeded: t?.limit ?? 0))
-      d.u32(0)
-      d.u32(0)
-      d.u64(t?.base ?? 0)
+      d.appendUInt32LE(0)
+      d.appendUInt32LE(UInt32(truncatingIfNeeded: t?.limit ?? 0))
+      d.appendUInt32LE(0)
+      d.appendUInt32LE(0)
+      d.appendUInt64LE(t?.base ?? 0)
     }
-    for v in [r.cr0, 0, r.cr2, r.cr3, r.cr4] { d.u64(v ?? 0) }
-    d.u64(0)  // kernel_gs_base: not decoded by mramfs
+    for v in [r.cr0, 0, r.cr2, r.cr3, r.cr4] { d.appendUInt64LE(v ?? 0) }
+    d.appendUInt64LE(0)  // kernel_gs_base: not decoded by mramfs
     return d.bytes
-  }
-}
-
-/// Little-endian bytes of ELF structures.
-struct ELFBytes {
-  var bytes: [UInt8] = []
-  mutating func raw(_ b: [UInt8]) { bytes += b }
-  mutating func zeros(_ n: Int) { bytes += [UInt8](repeating: 0, count: n) }
-  mutating func u16(_ v: UInt16) { for i in 0..<2 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt16(i)))) } }
-  mutating func u32(_ v: UInt32) { for i in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt32(i)))) } }
-  mutating func u64(_ v: UInt64) { for i in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
-  /// An ELF note: namesz, descsz, type, the NUL-terminated name and the descriptor, each padded to 4 bytes.
-  mutating func note(name: String, type: UInt32, desc: [UInt8]) {
-    let n = Array(name.utf8) + [0]
-    u32(UInt32(n.count))
-    u32(UInt32(desc.count))
-    u32(type)
-    raw(n)
-    zeros((4 - n.count % 4) % 4)
-    raw(desc)
-    zeros((4 - desc.count % 4) % 4)
   }
 }
 

@@ -3,6 +3,7 @@
 #elseif canImport(Darwin)
   import Darwin
 #endif
+import MigrationFormat
 
 /// Translates a guest virtual address to a guest-physical one by walking the
 /// x86 page tables from CR3, the way the MMU would (FORMAT.md §9).

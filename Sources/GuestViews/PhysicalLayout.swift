@@ -3,6 +3,7 @@
 #elseif canImport(Darwin)
   import Darwin
 #endif
+import MigrationFormat
 
 /// Where a machine's main RAM sits in guest-physical address space: the map
 /// behind a mount's `physmem` file, whose byte N is guest-physical address N

@@ -1,3 +1,5 @@
+import MigrationFormat
+
 /// Where an x86 `pc` or `q35` machine puts its main RAM in guest-physical
 /// address space (FORMAT.md §6): the first `lowmem` bytes at address 0, the
 /// rest from 4 GiB up.

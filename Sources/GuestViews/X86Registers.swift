@@ -1,4 +1,4 @@
-import Foundation
+import MigrationFormat
 
 /// One x86 vCPU's registers, taken from its `cpu` device section.
 ///
@@ -106,12 +106,7 @@ public struct X86Registers: Codable, Sendable, Equatable {
   }
 
   /// The registers as pretty-printed JSON with sorted keys, ending in a newline (a mount's `registers.json`).
-  public func json() -> String {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-    guard let data = try? encoder.encode(self) else { return "{}\n" }
-    return String(decoding: data, as: UTF8.self) + "\n"
-  }
+  public func json() -> String { JSONText.encode(self) }
 
   /// The general registers by lower-case name, in QEMU's `info registers` order.
   public var generalRegisters: [(String, UInt64?)] {

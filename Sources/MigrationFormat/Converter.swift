@@ -25,38 +25,24 @@ public final class ClassicPageIndex: @unchecked Sendable {
     for r in file.records where (r.kind == .sectionPart || r.kind == .sectionEnd) && r.sectionID == file.ramSectionID {
       bodies.append(r.offset + 5)
     }
-    let mask: UInt64 = 4095
-    var current: Int? = nil
+    var lastBlock: Int? = nil
     for bodyStart in bodies {
-      var c = StreamCursor(file: file.file, offset: bodyStart)
-      while true {
-        let at = c.offset
-        let w = try c.readUInt64BE("ram page record")
-        let flags = w & mask
-        if flags & RAMFlag.eos != 0 { break }
-        if flags == RAMFlag.multifdFlush { continue }
-        if flags & (RAMFlag.xbzrle | RAMFlag.hook | RAMFlag.compressPage) != 0 {
-          throw FormatError(.unsupported, "ram page record", at: at, "flags \(hex(flags)): XBZRLE, RDMA or compressed pages cannot be converted")
-        }
-        if flags & RAMFlag.continue == 0 {
-          let len = try c.readUInt8("ram page record")
-          let name = try c.readBytes(Int(len), "ram page record")
-          current = file.blocks.firstIndex { $0.name.bytes == name }
-        }
-        guard let b = current else {
-          throw FormatError(.badValue, "ram page record", at: at, "page for an unknown block")
-        }
-        let page = (w & ~mask) / 4096
-        if flags & RAMFlag.zero != 0 {
-          let fill = try c.readUInt8("ram zero-page record")
-          if fill == 0 { latest[b].removeValue(forKey: page) } else {
-            throw FormatError(.unsupported, "ram zero-page record", at: at, "fill byte \(hex(fill)), expected 0")
+      var reader = ClassicRecordReader(
+        file: file.file, at: bodyStart, blocks: file.blocks, pageSize: 4096, lastBlock: lastBlock)
+      while let record = try reader.next() {
+        let page = record.address / 4096
+        switch record.payload {
+        case .zero(let fill):
+          guard fill == 0 else {
+            throw FormatError(
+              .unsupported, "ram zero-page record", at: record.offset, "fill byte \(hex(fill)), expected 0")
           }
-        } else {
-          latest[b][page] = c.offset
-          try c.skip(4096, "ram page record")
+          latest[record.block].removeValue(forKey: page)
+        case .page(let dataOffset):
+          latest[record.block][page] = dataOffset
         }
       }
+      lastBlock = reader.lastBlock
     }
     var pages: [[UInt64]] = []
     var offsets: [[UInt64]] = []

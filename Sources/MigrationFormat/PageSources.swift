@@ -2,6 +2,37 @@
   import Glibc
 #endif
 
+/// Supplies the pages of one block to the writer.
+public protocol PageSource: Sendable {
+  /// Fills `buffer` (one page) with page `page`, returning false if the page is known to be zero
+  /// (then `buffer` need not be filled).
+  func page(_ page: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(FormatError) -> Bool
+  /// The first page at or after `from` that may hold data, or nil if none; lets sparse sources skip holes.
+  func nextCandidate(from: UInt64) -> UInt64?
+  /// How many pages from `first` on (at most `limit`, at least 1) may hold data and are
+  /// cheaper to fetch together with ``pages(_:count:into:)`` than one by one.
+  func candidateRun(from first: UInt64, limit: Int) -> Int
+  /// Fills `buffer` (`count` pages) with the pages from `first` on; returns false if they
+  /// are all known to be zero (then `buffer` need not be filled).
+  func pages(_ first: UInt64, count: Int, into buffer: UnsafeMutableRawBufferPointer) throws(FormatError) -> Bool
+}
+
+extension PageSource {
+  /// One page at a time.
+  public func candidateRun(from first: UInt64, limit: Int) -> Int { 1 }
+
+  /// Page by page, zero-filling pages known to be zero.
+  public func pages(_ first: UInt64, count: Int, into buffer: UnsafeMutableRawBufferPointer) throws(FormatError) -> Bool {
+    let size = buffer.count / max(count, 1)
+    var any = false
+    for i in 0..<count {
+      let one = UnsafeMutableRawBufferPointer(rebasing: buffer[i * size..<(i + 1) * size])
+      if try page(first + UInt64(i), into: one) { any = true } else { memset(one.baseAddress!, 0, size) }
+    }
+    return any
+  }
+}
+
 /// Pages from raw files: a block's byte ranges mapped onto ranges of one file.
 ///
 /// Holes in a sparse input are skipped with `SEEK_DATA`, so a mostly empty

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
-import MappedRAM
+import GuestViews
+import MigrationFormat
+import SaveFilesystem
 
 extension Mramfs {
   /// `mramfs info`: what is in a migration file.

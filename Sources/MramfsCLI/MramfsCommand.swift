@@ -1,5 +1,5 @@
 import ArgumentParser
-import MappedRAM
+import MigrationFormat
 
 #if canImport(Glibc)
   import Glibc

@@ -1,4 +1,6 @@
-import MappedRAM
+import GuestViews
+import MigrationFormat
+import SaveFilesystem
 
 /// Renders the vCPUs' registers of an ``InfoDocument`` for `mramfs info --registers`,
 /// laid out like QEMU's `info registers`.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
-import MappedRAM
+import GuestViews
+import MigrationFormat
 
 extension Mramfs {
   /// `mramfs translate`: where a guest virtual address lives in the file.
@@ -164,10 +165,5 @@ struct Translation: Encodable {
     return out
   }
 
-  func json() -> String {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    guard let data = try? encoder.encode(self) else { return "{}\n" }
-    return String(decoding: data, as: UTF8.self) + "\n"
-  }
+  func json() -> String { JSONText.encode(self) }
 }

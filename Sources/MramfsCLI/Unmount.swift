@@ -1,10 +1,5 @@
 import ArgumentParser
-import Foundation
-import SystemPackage
-
-#if canImport(Glibc)
-  import Glibc
-#endif
+import SaveFilesystem
 
 extension Mramfs {
   /// `mramfs unmount`: undo a mount, including one whose daemon died.
@@ -20,26 +15,11 @@ extension Mramfs {
     var lazy = false
 
     func run() throws {
-      let stale = isStaleMount(mountpoint)
-      var args = ["-u"]
-      if lazy || stale { args.append("-z") }
-      args.append(mountpoint)
-      let p = Process()
-      p.executableURL = URL(fileURLWithPath: "/bin/fusermount3")
-      if !FileManager.default.fileExists(atPath: "/bin/fusermount3") {
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/fusermount3")
-      }
-      p.arguments = args
       do {
-        try p.run()
+        try Mounter.unmount(mountpoint, lazy: lazy)
       } catch {
-        printError("error: cannot run fusermount3 (install the fuse3 package): \(error)")
-        throw Failure(code: 1)
-      }
-      p.waitUntilExit()
-      if p.terminationStatus != 0 {
-        printError("error: fusermount3 could not unmount \(mountpoint); if files are still open, try `mramfs unmount --lazy \(mountpoint)`")
-        throw Failure(code: 1)
+        printError("error: \(error)")
+        throw Failure(code: error.exitCode)
       }
     }
   }
@@ -49,12 +29,4 @@ extension Mramfs {
 enum MountHelperArguments {
   /// mount.fuse3 runs `mramfs SOURCE MOUNTPOINT -o OPTS`, which the default subcommand takes as is.
   static func normalise(_ args: [String]) -> [String] { args }
-}
-
-/// Whether `path` is a FUSE mount whose daemon is gone ("Transport endpoint is not connected").
-///
-/// `statfs` always asks the daemon; `stat` may be answered from the kernel's attribute cache.
-func isStaleMount(_ path: String) -> Bool {
-  var sv = statvfs()
-  return statvfs(path, &sv) != 0 && errno == ENOTCONN
 }

@@ -1,3 +1,5 @@
+import MigrationFormat
+
 /// Where each RAM block appears in a mount: one documented, reversible mapping
 /// from block names to relative paths.
 ///
@@ -19,11 +21,12 @@
 ///
 /// Each block file also carries its exact name in the `user.mramfs.block` xattr.
 public enum BlockPaths {
-  /// Top-level names the mount keeps for itself.
-  public static let reserved: Set<String> = ["info.json", "physmem", "vmcore", "cpu", "devices", ".mramfs"]
+  /// Top-level names the mount keeps for itself (``TopLevelName``).
+  public static var reserved: Set<String> { TopLevelName.all }
 
   /// The path components of each block, in the order given.
   public static func assign(_ names: [BlockName]) -> [[String]] {
+    let reserved = TopLevelName.all
     var files = Set<String>()
     var dirs = Set<String>()
     var result: [[String]] = []

@@ -1,4 +1,6 @@
 import Foundation
+import GuestViews
+import MigrationFormat
 
 /// What `mramfs info --json` prints and a mount's `info.json` holds: one
 /// document describing a migration file. The schema is in the README.
@@ -115,12 +117,7 @@ public struct InfoDocument: Codable, Sendable {
   }
 
   /// The document as pretty-printed JSON with sorted keys, ending in a newline.
-  public func json() -> String {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    guard let data = try? encoder.encode(self) else { return "{}\n" }
-    return String(decoding: data, as: UTF8.self) + "\n"
-  }
+  public func json() -> String { JSONText.encode(self) }
 }
 
 extension InfoDocument {

@@ -1,6 +1,7 @@
 import FUSE
 import Logging
-import MappedRAM
+import GuestViews
+import MigrationFormat
 import Synchronization
 import SystemPackage
 
@@ -74,7 +75,9 @@ public final class MramFileSystem: FileSystem {
     physmem = file.format.isPositional ? try? PhysicalLayout(file, lowmem: configuration.lowmem) : nil
     vmcore = physmem == nil ? nil : try? ELFCore.resolve(file, layout: physmem).get()
     tree = Tree(
-      blockPaths: paths, generated: [("info.json", info)], views: (physmem == nil ? [] : [("physmem", .physmem)]) + (vmcore == nil ? [] : [("vmcore", .vmcore)]),
+      blockPaths: paths, generated: [(TopLevelName.info.rawValue, info)],
+      views: (physmem == nil ? [] : [(TopLevelName.physmem.rawValue, .physmem)])
+        + (vmcore == nil ? [] : [(TopLevelName.vmcore.rawValue, .vmcore)]),
       files: StateViews.files(file))
     buffers = WorkerBuffer(capacity: configuration.maxRead + 4096)
     segmentBuffers = WorkerBuffer(capacity: (configuration.maxRead / 4096 + 2) * MemoryLayout<DataSegment>.stride)

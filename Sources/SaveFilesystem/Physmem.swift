@@ -1,5 +1,6 @@
 import FUSE
-import MappedRAM
+import GuestViews
+import MigrationFormat
 import SystemPackage
 
 // The `physmem` file: guest-physical address N at offset N (PhysicalLayout).

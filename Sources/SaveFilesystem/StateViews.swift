@@ -1,4 +1,5 @@
-import MappedRAM
+import GuestViews
+import MigrationFormat
 
 /// The mount's views of CPU and device state, decoded once at mount time:
 /// `cpu/N/registers.json` for each vCPU and `devices/NAME[.INSTANCE].json`
@@ -11,7 +12,7 @@ enum StateViews {
     var out: [(path: [String], bytes: [UInt8])] = []
     if case .success(let cpus) = file.x86Registers() {
       for c in cpus {
-        out.append((["cpu", String(c.cpu), "registers.json"], Array(c.json().utf8)))
+        out.append(([TopLevelName.cpu.rawValue, String(c.cpu), "registers.json"], Array(c.json().utf8)))
       }
     }
     var taken = Set<String>()
@@ -24,7 +25,7 @@ enum StateViews {
         n += 1
       }
       taken.insert(name)
-      out.append((["devices", name], Array(d.json().utf8)))
+      out.append(([TopLevelName.devices.rawValue, name], Array(d.json().utf8)))
     }
     return out
   }

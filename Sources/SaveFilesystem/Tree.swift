@@ -1,5 +1,6 @@
 import FUSE
-import MappedRAM
+import GuestViews
+import MigrationFormat
 
 /// One node of a mount: a directory, a RAM block's file, or a generated file.
 struct Node: Sendable {

@@ -1,5 +1,6 @@
 import FUSE
-import MappedRAM
+import GuestViews
+import MigrationFormat
 import SystemPackage
 
 // The `vmcore` file: an ELF64 core of the guest (ELFCore), as QEMU's

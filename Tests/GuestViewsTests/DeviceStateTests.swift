@@ -3,8 +3,10 @@
 // buffers, and descriptions that do not add up (kept as hex, never guessed).
 
 import Foundation
-import MappedRAM
-import MappedRAMTestSupport
+import GuestViews
+import MigrationFormat
+import SaveFilesystem
+import MigrationFormatTestSupport
 import Testing
 
 /// A QEMU `segment` vmsd.

@@ -2,7 +2,8 @@
 // paging, 4 KiB, 2 MiB and 1 GiB pages, a clear present bit at every level,
 // and the modes it does not walk.
 
-import MappedRAM
+import GuestViews
+import MigrationFormat
 import Testing
 
 /// Guest-physical memory as a sparse map of u64 words; anything unset reads as zero.

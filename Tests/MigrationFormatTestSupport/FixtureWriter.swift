@@ -1,4 +1,4 @@
-import MappedRAM
+import MigrationFormat
 
 /// A RAM block for a synthetic migration file.
 public struct FixtureBlock: Sendable {

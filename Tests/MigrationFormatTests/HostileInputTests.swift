@@ -1,6 +1,6 @@
 import Foundation
-import MappedRAM
-import MappedRAMTestSupport
+import MigrationFormat
+import MigrationFormatTestSupport
 import Testing
 
 /// Damaged and hostile files: each must give a specific one-line error, never a crash.

@@ -1,6 +1,6 @@
 import Foundation
-import MappedRAM
-import MappedRAMTestSupport
+import MigrationFormat
+import MigrationFormatTestSupport
 import Testing
 
 @Suite("Reading well-formed files")

@@ -1,5 +1,6 @@
 import Foundation
-import MappedRAM
+import MigrationFormat
+import MigrationFormatTestSupport
 import Testing
 
 #if canImport(Glibc)

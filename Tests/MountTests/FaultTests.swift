@@ -15,8 +15,9 @@
 //   `mramfs unmount DIR`, which clears it.
 
 import Foundation
-import MappedRAM
-import MappedRAMTestSupport
+import GuestViews
+import MigrationFormat
+import MigrationFormatTestSupport
 import QEMUFixtures
 import Synchronization
 import Testing

@@ -4,7 +4,9 @@
 // Every mount is undone in cleanup (`fusermount3 -u -z`), and the daemon must exit.
 
 import Foundation
-import MappedRAM
+import GuestViews
+import MigrationFormat
+import SaveFilesystem
 import QEMUFixtures
 import Testing
 

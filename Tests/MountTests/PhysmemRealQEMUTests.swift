@@ -6,7 +6,9 @@
 // their own block files.
 
 import Foundation
-import MappedRAM
+import GuestViews
+import MigrationFormat
+import SaveFilesystem
 import QEMUFixtures
 import Testing
 

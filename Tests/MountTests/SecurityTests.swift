@@ -4,8 +4,10 @@
 // a symlink at OUT.
 
 import Foundation
-import MappedRAM
-import MappedRAMTestSupport
+import GuestViews
+import MigrationFormat
+import SaveFilesystem
+import MigrationFormatTestSupport
 import QEMUFixtures
 import Testing
 

@@ -1,7 +1,9 @@
 // The mount's cpu/ and devices/ views of real QEMU files.
 
 import Foundation
-import MappedRAM
+import GuestViews
+import MigrationFormat
+import SaveFilesystem
 import QEMUFixtures
 import Testing
 

@@ -10,8 +10,10 @@
 // is mounted and inspected with `info`; memory must stay in proportion to the bitmap.
 
 import Foundation
-import MappedRAM
-import MappedRAMTestSupport
+import GuestViews
+import MigrationFormat
+import SaveFilesystem
+import MigrationFormatTestSupport
 import QEMUFixtures
 import Testing
 

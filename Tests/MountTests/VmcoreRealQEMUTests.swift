@@ -5,7 +5,8 @@
 // finds the guest's planted Linux banner in `physmem` at its guest-physical address.
 
 import Foundation
-import MappedRAM
+import GuestViews
+import MigrationFormat
 import QEMUFixtures
 import Testing
 

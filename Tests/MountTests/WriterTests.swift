@@ -7,7 +7,8 @@
 // see scripts/make-fixtures.py and QEMUFixtures.swift for where they come from).
 
 import Foundation
-import MappedRAM
+import GuestViews
+import MigrationFormat
 import QEMUFixtures
 import Testing
 
@@ -28,7 +29,7 @@ struct WriterTestError: Error, CustomStringConvertible {
 ///
 /// Why not Foundation's Process (or SpawnedProcess): (1) Process watches a child through a
 /// socket the child inherits, and `mramfs mount`'s background daemon keeps every inherited
-/// descriptor open (see spawnSelf in Sources/mramfs/Mount.swift), so Process never sees the
+/// descriptor open (see Mounter.spawnSelf in Sources/SaveFilesystem/Mounter.swift), so Process never sees the
 /// `mount` command finish; (2) the test runner's threads block most signals and posix_spawn
 /// passes that mask on, so a child's SIGINT handler would never run. Here the exit is
 /// observed with waitpid on the pid.

@@ -10,7 +10,7 @@
 // Nothing is ever skipped: a missing fixture is a failed test, with the reason.
 
 import Foundation
-import MappedRAM
+import MigrationFormat
 
 #if canImport(Glibc)
   import Glibc
@@ -401,7 +401,7 @@ public final class Fixtures: Sendable {
       (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
     }
     guard let manifest = mtime("\(dir)/manifest.json") else { return false }
-    for source in ["Tests/Guest/guest.S", "scripts/make-fixtures.py"] {
+    for source in ["Tests/Guest/guest.S", "scripts/make-fixtures.py", "scripts/fixtures"] + (FileManager.default.subpaths(atPath: "\(root)/scripts/fixtures") ?? []).map({ "scripts/fixtures/\($0)" }) {
       if let m = mtime("\(root)/\(source)"), m > manifest { return false }
     }
     return true

@@ -10,7 +10,8 @@
 // live classic save pc-256-live-classic under "extra_scenarios".
 
 import Foundation
-import MappedRAM
+import GuestViews
+import MigrationFormat
 import QEMUFixtures
 import Testing
 

@@ -4,7 +4,9 @@
 // guest's own markers, and the generator's independent reader (file_info).
 
 import Foundation
-import MappedRAM
+import GuestViews
+import MigrationFormat
+import SaveFilesystem
 import QEMUFixtures
 import Testing
 

@@ -4,7 +4,9 @@
 // virtual address the test guest wrote its marker through.
 
 import Foundation
-import MappedRAM
+import GuestViews
+import MigrationFormat
+import SaveFilesystem
 import QEMUFixtures
 import Testing
 

@@ -1,4 +1,6 @@
-import MappedRAM
+import GuestViews
+import MigrationFormat
+import SaveFilesystem
 import Testing
 
 @Suite("Block names as paths")

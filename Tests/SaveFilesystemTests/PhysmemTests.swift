@@ -6,9 +6,10 @@
 import FUSE
 import Foundation
 import Logging
-import MappedRAM
-import MappedRAMTestSupport
-import MramFS
+import GuestViews
+import MigrationFormat
+import MigrationFormatTestSupport
+import SaveFilesystem
 import SystemPackage
 import Testing
 

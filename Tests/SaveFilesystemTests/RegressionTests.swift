@@ -1,5 +1,7 @@
 import Foundation
-import MappedRAM
+import GuestViews
+import MigrationFormat
+import SaveFilesystem
 import Testing
 
 /// Inputs kept from fuzzing (scripts/fuzz.sh): the ones that crashed the library before a fix,
@@ -18,7 +20,7 @@ import Testing
 /// stream with page records and three device sections to decode.
 @Suite("Fuzz regressions")
 struct RegressionTests {
-  /// `Tests/MappedRAMTests/Regressions`, found from this file so no resource rules are needed.
+  /// `Tests/SaveFilesystemTests/Regressions`, found from this file so no resource rules are needed.
   static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     .appendingPathComponent("Regressions")
 

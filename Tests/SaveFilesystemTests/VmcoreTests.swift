@@ -4,9 +4,10 @@
 // VmcoreRealQEMUTests checks the same through a mount against QEMU's dump-guest-memory.
 import FUSE
 import Foundation
-import MappedRAM
-import MappedRAMTestSupport
-import MramFS
+import GuestViews
+import MigrationFormat
+import MigrationFormatTestSupport
+import SaveFilesystem
 import Testing
 
 /// A QEMU `segment` vmsd, and a cut-down x86 `cpu` vmsd (16 general registers, rip, rflags, segments).

@@ -14,7 +14,9 @@
 #if canImport(Glibc)
   import Glibc
 #endif
-import MappedRAM
+import GuestViews
+import MigrationFormat
+import SaveFilesystem
 
 /// The descriptor of the unlinked input file, and the path the library opens it by.
 nonisolated(unsafe) private var inputDescriptor: Int32 = -1

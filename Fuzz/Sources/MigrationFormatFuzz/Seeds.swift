@@ -7,7 +7,7 @@
 //     byte, each block cut to its first pages; plus the raw first 64 KiB of each file.
 import Foundation
 import FuzzFixtures
-import MappedRAM
+import MigrationFormat
 
 /// Largest seed written; libFuzzer runs with -max_len 1 MiB.
 private let maxSeedSize = 1 << 20
