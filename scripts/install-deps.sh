@@ -2,7 +2,7 @@
 # Installs what mramfs needs on Debian 12 (bookworm) when it is missing:
 # libfuse3-dev, fuse3, pkg-config, binutils (to assemble the test guest;
 # readelf checks vmcore), gdb (reads vmcore's registers), python3-venv (for
-# Volatility 3 in .venv), and QEMU 10 from bookworm-backports. Safe to run again; it does nothing
+# Volatility 3 in .venv), man-db (scripts/check-install.sh renders the man page), and QEMU 10 from bookworm-backports. Safe to run again; it does nothing
 # when everything is present. Needs root (or sudo).
 set -euo pipefail
 
@@ -11,7 +11,7 @@ if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for p in libfuse3-dev fuse3 pkg-config binutils python3 python3-venv xxd gdb; do
+for p in libfuse3-dev fuse3 pkg-config binutils python3 python3-venv xxd gdb man-db; do
   have_pkg "$p" || need+=("$p")
 done
 

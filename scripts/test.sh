@@ -4,7 +4,8 @@
 #   builds the test guest, saves real QEMU guests with mapped-ram (pc and q35,
 #   256 MiB and 5 GiB, multifd, libvirt prefix, live save, classic, no vmdesc),
 #   installs Volatility 3 into .venv, then runs `swift test`: unit tests, tests
-#   against the real QEMU files, and mount tests through the kernel.
+#   against the real QEMU files, and mount tests through the kernel; then checks
+#   scripts/install.sh (scripts/check-install.sh).
 #
 # Environment:
 #   MRAMFS_FIXTURES  where the QEMU files go (default: .fixtures in the checkout);
@@ -41,3 +42,9 @@ export MRAMFS_VOLATILITY="${MRAMFS_VOLATILITY:-$PWD/.venv/bin/vol}"
 swift build --build-tests
 export MRAMFS_BIN_DIR="$(swift build --show-bin-path)"
 swift test --skip-build "$@"
+
+# The installer, as a user meets it: binary, man page and completions (skipped when the
+# caller asked for a subset of the tests, e.g. `scripts/test.sh --filter NAME`).
+if (($# == 0)); then
+  bash scripts/check-install.sh
+fi
