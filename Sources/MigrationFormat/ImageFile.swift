@@ -26,7 +26,9 @@ public final class ImageFile: Sendable {
   /// - Parameter noFollow: refuse to open a symbolic link (`O_NOFOLLOW`).
   public init(path: String, noFollow: Bool = false) throws(FormatError) {
     self.path = path
-    var options: FileDescriptor.OpenOptions = [.closeOnExec]
+    // Non-blocking for the open only: opening a FIFO (or a device that waits for a peer)
+    // for reading would otherwise wait forever for a writer. It is refused just below.
+    var options: FileDescriptor.OpenOptions = [.closeOnExec, .nonBlocking]
     if noFollow { options.insert(.noFollow) }
     let fd: FileDescriptor
     do {
@@ -42,8 +44,19 @@ public final class ImageFile: Sendable {
     }
     guard (st.st_mode & S_IFMT) == S_IFREG || (st.st_mode & S_IFMT) == S_IFBLK else {
       try? fd.close()
-      throw FormatError(.badValue, "file \(quoted(Array(path.utf8)))", at: 0, "not a regular file")
+      let kind: String
+      switch st.st_mode & S_IFMT {
+      case S_IFDIR: kind = "a directory"
+      case S_IFIFO: kind = "a FIFO"
+      case S_IFCHR: kind = "a character device"
+      case S_IFSOCK: kind = "a socket"
+      default: kind = "not a regular file"
+      }
+      throw FormatError(
+        .badValue, "file \(quoted(Array(path.utf8)))", at: 0, "is \(kind); give a saved VM file (a regular file or a block device)")
     }
+    let flags = fcntl(fd.rawValue, F_GETFL)
+    if flags >= 0 { _ = fcntl(fd.rawValue, F_SETFL, flags & ~O_NONBLOCK) }
     descriptor = fd
     var size = UInt64(st.st_size)
     if (st.st_mode & S_IFMT) == S_IFBLK {

@@ -161,11 +161,18 @@ public struct SyntheticSource: PageSource {
   public let densityPPM: UInt64
   public let seed: UInt64
 
-  public init(name: String, pages: UInt64, density: Double, seed: UInt64 = 0x6d72_616d_6673) {
+  /// A source of `pages` pages of which about `densityPPM` in a million hold data (capped at a million).
+  public init(name: String, pages: UInt64, densityPPM: UInt64, seed: UInt64 = 0x6d72_616d_6673) {
     self.name = name
     self.pages = pages
-    self.densityPPM = UInt64(max(0, min(1, density)) * 1_000_000)
+    self.densityPPM = min(densityPPM, 1_000_000)
     self.seed = seed
+  }
+
+  /// A source with `density` (0 to 1) of its pages holding data; NaN counts as 0.
+  public init(name: String, pages: UInt64, density: Double, seed: UInt64 = 0x6d72_616d_6673) {
+    let clamped = density.isNaN ? 0 : max(0, min(1, density))
+    self.init(name: name, pages: pages, densityPPM: UInt64((clamped * 1_000_000).rounded()), seed: seed)
   }
 
   /// Whether page `p` holds data.

@@ -80,9 +80,9 @@ public struct StreamPlan: Sendable {
       guard seen.insert(name).inserted else {
         throw FormatError(.duplicate, s, at: 0, "block name \(quoted(name)) is given twice")
       }
-      guard b.length % 4096 == 0, b.length <= Limits.blockLength else {
+      guard b.length > 0, b.length % 4096 == 0, b.length <= Limits.blockLength else {
         throw FormatError(
-          .badValue, s, at: 0, "block \(quoted(name)): length \(b.length) is not a whole number of 4 KiB pages up to 64 TiB")
+          .badValue, s, at: 0, "block \(quoted(name)): length \(b.length) is not a whole number of 4 KiB pages from 4 KiB to 64 TiB")
       }
     }
   }

@@ -18,10 +18,20 @@ extension Mramfs {
         without mapped-ram, can load.
 
         XBZRLE, compressed or RDMA records cannot be carried and are refused.
+
+        The output is the second argument, as `qemu-img convert` takes it; `-o OUT` says the \
+        same (give one of the two).
+
+        Examples:
+          mramfs convert vm.classic vm.mapped
+          mramfs convert vm.mapped vm.classic --to classic
         """)
 
     @Argument(help: "The input migration file.")
     var input: String
+
+    @Argument(help: ArgumentHelp("The file to write (or give it with -o OUT).", valueName: "OUT"))
+    var outputArgument: String?
 
     @Option(name: .customLong("to"), help: "The layout to write.")
     var to: OutputFormat = .mappedRAM
@@ -30,6 +40,17 @@ extension Mramfs {
 
     @Flag(help: "Open an interrupted input anyway (not recommended: the result would be partial).")
     var forceInput = false
+
+    func validate() throws {
+      switch (outputArgument, out.output) {
+      case (nil, nil): throw ValidationError("give the file to write: mramfs convert IN OUT")
+      case (.some, .some): throw ValidationError("the output is given twice (OUT and -o OUT); give one")
+      default: break
+      }
+    }
+
+    /// OUT, from the argument or `-o`.
+    var outputPath: String { outputArgument ?? out.output ?? "" }
 
     func run() throws {
       var opts = OpenOptions()
@@ -52,7 +73,7 @@ extension Mramfs {
         printError("error: \(error)")
         throw Failure(code: 1)
       }
-      _ = try writeStream(plan, out, what: "convert")
+      _ = try writeStream(plan, to: outputPath, out, what: "convert")
     }
   }
 }

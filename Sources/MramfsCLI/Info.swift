@@ -37,20 +37,16 @@ extension Mramfs {
     @Flag(help: "Also print each vCPU's registers (from its cpu device section); --json always includes them.")
     var registers = false
 
-    @Option(help: ArgumentHelp("RAM below 4 GiB for the physmem layout, as mount -o lowmem= (3G, 0xc0000000).", valueName: "SIZE"))
-    var lowmem: String?
-
-    func validate() throws {
-      if let lowmem, parseLowmem(lowmem) == nil {
-        throw ValidationError("--lowmem \(lowmem): expected a size from 4K to 4G in whole 4 KiB pages, such as 3G or 0xc0000000")
-      }
-    }
+    @Option(
+      help: ArgumentHelp("RAM below 4 GiB for the physmem layout, as mount -o lowmem= (3G, 0xc0000000).", valueName: "SIZE"),
+      transform: ArgumentValue.lowmem)
+    var lowmem: UInt64?
 
     @OptionGroup var options: FileOptions
 
     func run() throws {
       let migration = try openMigrationFile(file, options)
-      let doc = InfoDocument(migration, lowmem: lowmem.flatMap(parseLowmem))
+      let doc = InfoDocument(migration, lowmem: lowmem)
       if json {
         print(doc.json(), terminator: "")
       } else {

@@ -71,21 +71,36 @@ extension Mramfs {
 
     @OptionGroup var options: FileOptions
 
-    @Option(name: .customLong("ready-fd"), help: .hidden)
+    /// Internal: the pipe on which a daemon started by `mount` reports readiness (always 3).
+    @Option(
+      name: .customLong("ready-fd"), help: .hidden,
+      transform: { (text: String) throws(InvalidValue) -> Int32 in try ArgumentValue.integer(text, in: 0...Int32.max, "a descriptor") })
     var readyFD: Int32?
 
     func validate() throws {
       _ = try MountOptions(o)
+      if let readyFD {
+        var st = stat()
+        guard readyFD == Mounter.readyDescriptor, fstat(readyFD, &st) == 0, (st.st_mode & S_IFMT) == S_IFIFO else {
+          throw ValidationError("--ready-fd is for the daemon `mramfs mount` starts; leave it out")
+        }
+      }
+      let shown = quoted(Array(mountpoint.utf8))
+      guard !mountpoint.isEmpty else { throw ValidationError("the mount point is empty; give an existing directory") }
       if Mounter.isStale(mountpoint) {
         throw ValidationError(
-          "\(mountpoint) is a stale mount (its daemon is gone); run `mramfs unmount \(mountpoint)` first")
+          "\(shown) is a stale mount (its daemon is gone); run `mramfs unmount \(mountpoint)` first")
       }
       var st = stat()
       if stat(mountpoint, &st) != 0 {
-        throw ValidationError("mount point \(mountpoint): \(Errno(rawValue: errno))")
+        throw ValidationError("mount point \(shown): \(Errno(rawValue: errno))")
       }
       if (st.st_mode & S_IFMT) != S_IFDIR {
-        throw ValidationError("mount point \(mountpoint) is not a directory")
+        throw ValidationError("mount point \(shown) is not a directory")
+      }
+      if let real = realpath(mountpoint, nil) {
+        defer { free(real) }
+        if String(cString: real) == "/" { throw ValidationError("mramfs does not mount over the root directory") }
       }
     }
 
@@ -162,55 +177,78 @@ struct MountOptions {
     "loop",
   ]
 
+  /// Options that are flags: they take no value.
+  static let flags: Set<String> = [
+    "direct_io", "nofollow", "force", "allow_other", "allow_root", "default_permissions", "auto_unmount",
+  ]
+
   init(_ raw: [String]) throws {
     for group in raw {
-      for part in group.split(separator: ",").map(String.init) where !part.isEmpty {
-        let kv = part.split(separator: "=", maxSplits: 1).map(String.init)
-        let key = kv[0]
-        let value = kv.count > 1 ? kv[1] : nil
-        switch key {
-        case "uid", "gid":
-          guard let v = value.flatMap(UInt32.init) else { throw ValidationError("-o \(key)= needs a number") }
-          if key == "uid" { uid = v } else { gid = v }
-        case "direct_io": directIO = true
-        case "read":
-          guard let v = value.flatMap(MountConfiguration.ReadStrategy.init(rawValue:)) else {
-            throw ValidationError("-o read= takes pread or splice")
-          }
-          readStrategy = v
-        case "threads":
-          guard let v = value.flatMap(Int.init), v >= 1, v <= 256 else {
-            throw ValidationError("-o threads= needs a number from 1 to 256")
-          }
-          threads = v
-        case "nofollow": nofollow = true
-        case "force": force = true
-        case "lowmem":
-          guard let v = value.flatMap(parseLowmem) else {
-            throw ValidationError(
-              "-o lowmem= needs a size from 4K to 4G in whole 4 KiB pages, such as 3G, 2560M or 0xc0000000")
-          }
-          lowmem = v
-        case "allow_other", "allow_root", "default_permissions", "auto_unmount":
-          fuseOptions.append(part)
-        case "fsname", "subtype", "max_read":
-          throw ValidationError("-o \(key) is set by mramfs itself")
-        default:
-          if MountOptions.ignored.contains(key) || key.hasPrefix("x-") || key.hasPrefix("comment=") { continue }
-          if key == "comment" { continue }
-          throw ValidationError(
-            "unknown mount option '\(part)'; see `mramfs mount --help` for the options mramfs takes")
+      for part in group.split(separator: ",", omittingEmptySubsequences: true).map(String.init) {
+        let key: String
+        let value: String?
+        if let eq = part.firstIndex(of: "=") {
+          key = String(part[..<eq])
+          value = String(part[part.index(after: eq)...])
+        } else {
+          key = part
+          value = nil
         }
+        guard !key.isEmpty else {
+          throw ValidationError("-o \(quoted(Array(part.utf8))): an option needs a name before '='")
+        }
+        if MountOptions.flags.contains(key), value != nil {
+          throw ValidationError("-o \(quoted(Array(part.utf8))): \(key) takes no value")
+        }
+        try apply(key, value, part)
       }
     }
   }
-}
 
-/// Parses the size of RAM below 4 GiB: `3G`, `2560M`, `0xc0000000` or plain bytes; nil unless it is
-/// a whole number of 4 KiB pages from one page to 4 GiB (QEMU's `max-ram-below-4g` range).
-func parseLowmem(_ text: String) -> UInt64? {
-  let t = text.lowercased()
-  let value = t.hasPrefix("0x") ? UInt64(t.dropFirst(2), radix: 16) : parseSize(text)
-  guard let v = value, v > 0, v <= 1 << 32, v % 4096 == 0 else { return nil }
-  return v
+  /// The value of `key=VALUE`, or a usage error saying it is missing.
+  private func required(_ key: String, _ value: String?, _ forms: String) throws -> String {
+    guard let value, !value.isEmpty else { throw ValidationError("-o \(key) needs a value: \(key)=\(forms)") }
+    return value
+  }
+
+  private mutating func apply(_ key: String, _ value: String?, _ part: String) throws {
+    func invalid(_ why: String) -> ValidationError {
+      ValidationError("-o \(quoted(Array(part.utf8))): \(why)")
+    }
+    switch key {
+    case "uid", "gid":
+      let v = try required(key, value, "N")
+      guard let n = ArgumentValue.parseDecimal(v), let id = UInt32(exactly: n), id != UInt32.max else {
+        throw invalid("expected a user or group ID from 0 to 4294967294")
+      }
+      if key == "uid" { uid = id } else { gid = id }
+    case "direct_io": directIO = true
+    case "read":
+      let v = try required(key, value, "pread|splice")
+      guard let strategy = MountConfiguration.ReadStrategy(rawValue: v) else { throw invalid("expected pread or splice") }
+      readStrategy = strategy
+    case "threads":
+      let v = try required(key, value, "N")
+      guard let n = ArgumentValue.parseDecimal(v), n >= 1, n <= 256 else { throw invalid("expected a number from 1 to 256") }
+      threads = Int(n)
+    case "nofollow": nofollow = true
+    case "force": force = true
+    case "lowmem":
+      let v = try required(key, value, "SIZE")
+      do {
+        lowmem = try ArgumentValue.lowmem(v)
+      } catch {
+        throw invalid(error.description)
+      }
+    case "allow_other", "allow_root", "default_permissions", "auto_unmount":
+      fuseOptions.append(key)
+    case "fsname", "subtype", "max_read":
+      throw ValidationError("-o \(key) is set by mramfs itself")
+    default:
+      if MountOptions.ignored.contains(key) && value == nil { return }
+      if key.hasPrefix("x-") || key == "comment" { return }
+      throw ValidationError(
+        "unknown mount option \(quoted(Array(part.utf8))); see `mramfs mount --help` for the options mramfs takes")
+    }
+  }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import MigrationFormat
 
 #if canImport(Glibc)
@@ -49,7 +50,8 @@ struct FileOptions: ParsableArguments {
     name: .customLong("offset"),
     help: ArgumentHelp(
       "Byte offset where the QEMU stream starts, for files behind a prefix mramfs does not know.",
-      valueName: "BYTES"))
+      valueName: "BYTES"),
+    transform: ArgumentValue.size)
   var streamOffset: UInt64?
 
   @Option(
@@ -78,9 +80,31 @@ struct Failure: Error {
   var code: Int32
 }
 
-/// Prints `message` to standard error, prefixed with `mramfs: `.
+/// Prints `message` to standard error as one line, prefixed with `mramfs: `.
+///
+/// Control characters (a newline in a file name or an argument, an escape sequence) are
+/// shown as `\n`, `\u{1b}`…, so a message is always exactly one line and never drives the terminal.
 func printError(_ message: String) {
-  writeStderr("mramfs: \(message)\n")
+  writeStderr("mramfs: \(oneLine(message))\n")
+}
+
+/// `text` with every control character escaped, so it prints as one line.
+func oneLine(_ text: String) -> String {
+  var out = ""
+  for u in text.unicodeScalars {
+    switch u {
+    case "\n": out += "\\n"
+    case "\r": out += "\\r"
+    case "\t": out += "\\t"
+    default:
+      if u.value < 0x20 || u.value == 0x7f || (u.value >= 0x80 && u.value < 0xa0) {
+        out += "\\u{\(String(u.value, radix: 16))}"
+      } else {
+        out.unicodeScalars.append(u)
+      }
+    }
+  }
+  return out
 }
 
 /// Writes to standard error without touching the global `stderr` stream.
@@ -109,6 +133,9 @@ func openMigrationFile(_ path: String, _ options: FileOptions) throws -> Migrati
 }
 
 /// Parses the command line, runs the command, and exits with 0, 1 (bad input) or 2 (bad usage).
+///
+/// Every error is one line on standard error: a usage error names the option or argument, the
+/// value and what is accepted, and points at the subcommand's `--help`.
 func runMramfs() {
   var args = Array(CommandLine.arguments.dropFirst())
   args = MountHelperArguments.normalise(args)
@@ -123,16 +150,15 @@ func runMramfs() {
     if code == .success {
       Mramfs.exit(withError: error)
     }
-    if code == .validationFailure || error is ValidationError {
-      writeStderr(Mramfs.fullMessage(for: error) + "\n")
-      writeStderr("Run 'mramfs --help' for usage.\n")
-      exit(2)
-    }
     if let e = error as? FormatError {
       printError("error: \(e)")
       exit(1)
     }
-    writeStderr(Mramfs.fullMessage(for: error) + "\n")
+    let message = Mramfs.message(for: error).trimmingCharacters(in: .whitespacesAndNewlines)
+    let sub = args.first.flatMap { first in
+      Mramfs.configuration.subcommands.first { $0._commandName == first }
+    }?._commandName
+    printError("error: \(message) (see 'mramfs \(sub.map { "\($0) " } ?? "")--help')")
     exit(code == .failure ? 1 : 2)
   }
 }

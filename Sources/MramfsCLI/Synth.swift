@@ -21,34 +21,39 @@ extension Mramfs {
 
     @OptionGroup var out: OutputOptions
 
-    @Option(help: ArgumentHelp("Size of pc.ram, such as 256M, 5G or 1T.", valueName: "SIZE"))
-    var ram: String
+    @Option(
+      help: ArgumentHelp("Size of pc.ram, such as 256M, 5G or 1T (whole 4 KiB pages, at most 64T).", valueName: "SIZE"),
+      transform: ArgumentValue.ramSize)
+    var ram: UInt64
 
-    @Option(help: "Machine type recorded in the file.")
+    @Option(help: "Machine type recorded in the file.", transform: ArgumentValue.machine)
     var machine: String = "pc-i440fx-10.0"
 
-    @Option(help: "Fraction of pages that hold data (0 to 1).")
-    var density: Double = 0.05
+    @Option(
+      help: ArgumentHelp("Fraction of pages that hold data: 0 to 1 with at most 6 decimals (0.0001), or a percentage (5%).", valueName: "P"),
+      transform: ArgumentValue.fraction)
+    var density = Fraction(ppm: 50_000)
 
-    @Option(help: "Passes of re-dirtied pages, as a running guest's save would hold.")
+    @Option(
+      help: "Passes of re-dirtied pages, as a running guest's save would hold (0 to 100).",
+      transform: { (text: String) throws(InvalidValue) -> Int in try ArgumentValue.integer(text, in: 0...100, "a number of passes") })
     var dirtyPasses: Int = 0
 
     @Option(help: "Layout to write.")
     var format: OutputFormat = .mappedRAM
 
-    @Option(help: "Seed for which pages are populated.")
+    @Option(
+      help: "Seed for which pages are populated (a 64-bit number).",
+      transform: { (text: String) throws(InvalidValue) -> UInt64 in try ArgumentValue.integer(text, in: 0...UInt64.max, "a seed") })
     var seed: UInt64 = 0x6d72_616d_6673
 
     func validate() throws {
-      guard let r = parseSize(ram), r > 0, r % 4096 == 0 else { throw ValidationError("--ram \(ram): expected a multiple of 4 KiB such as 256M, 5G or 1T") }
-      guard r <= Limits.blockLength else { throw ValidationError("--ram: at most 64 TiB") }
-      guard density >= 0 && density <= 1 else { throw ValidationError("--density must be between 0 and 1") }
-      guard dirtyPasses >= 0 && dirtyPasses <= 100 else { throw ValidationError("--dirty-passes must be between 0 and 100") }
+      guard out.output != nil else { throw ValidationError("give the file to write with -o OUT") }
     }
 
     func run() throws {
-      let size = parseSize(ram)!
-      let src = SyntheticSource(name: "pc.ram", pages: size / 4096, density: density, seed: seed)
+      let size = ram
+      let src = SyntheticSource(name: "pc.ram", pages: size / 4096, densityPPM: density.ppm, seed: seed)
       var plan = StreamPlan(machineType: resolveMachine(machine))
       plan.format = format.streamFormat
       plan.alignment = out.align.bytes
@@ -62,7 +67,7 @@ extension Mramfs {
         return n
       }
       plan.blocks = [block]
-      let summary = try writeStream(plan, out, what: "synth")
+      let summary = try writeStream(plan, to: out.output ?? "", out, what: "synth")
       if !out.json {
         // The other layout's size, from the same page counts: a mapped-ram file holds each page once at
         // its fixed place; a classic stream holds one record (8 + name + 4096 bytes) per page per pass.

@@ -25,47 +25,33 @@ extension Mramfs {
     @Argument(help: "A mapped-ram migration file with a VM description.")
     var file: String
 
-    @Argument(help: ArgumentHelp("The virtual address: 0x-prefixed hex or decimal.", valueName: "VADDR"))
-    var vaddr: String
+    @Argument(
+      help: ArgumentHelp("The virtual address: 0x-prefixed hex or decimal.", valueName: "VADDR"),
+      transform: ArgumentValue.address)
+    var vaddr: UInt64
 
-    @Option(help: "The vCPU whose CR3 and paging mode to use.")
+    @Option(
+      help: "The vCPU whose CR3 and paging mode to use.",
+      transform: { (text: String) throws(InvalidValue) -> UInt32 in try ArgumentValue.integer(text, in: 0...UInt32.max, "a vCPU index") })
     var cpu: UInt32 = 0
 
     @Flag(help: "Print JSON instead of text.")
     var json = false
 
-    @Option(help: ArgumentHelp("RAM below 4 GiB, as mount -o lowmem= (3G, 0xc0000000).", valueName: "SIZE"))
-    var lowmem: String?
+    @Option(
+      help: ArgumentHelp("RAM below 4 GiB, as mount -o lowmem= (3G, 0xc0000000).", valueName: "SIZE"),
+      transform: ArgumentValue.lowmem)
+    var lowmem: UInt64?
 
     @OptionGroup var options: FileOptions
 
-    func validate() throws {
-      guard parseAddress(vaddr) != nil else {
-        throw ValidationError("VADDR \(vaddr): expected a 64-bit address in 0x-prefixed hex or decimal")
-      }
-      if let lowmem, parseLowmem(lowmem) == nil {
-        throw ValidationError("--lowmem \(lowmem): expected a size from 4K to 4G in whole 4 KiB pages, such as 3G or 0xc0000000")
-      }
-    }
-
     func run() throws {
-      let va = parseAddress(vaddr) ?? 0
       let migration = try openMigrationFile(file, options)
-      let answer = try Translation(migration, va: va, cpu: cpu, lowmem: lowmem.flatMap(parseLowmem))
+      let answer = try Translation(migration, va: vaddr, cpu: cpu, lowmem: lowmem)
       print(json ? answer.json() : answer.text(), terminator: "")
       if !answer.mapped { throw Failure(code: 1) }
     }
   }
-}
-
-/// Parses `0x…` hex or decimal into a 64-bit address (underscores allowed between digits).
-func parseAddress(_ text: String) -> UInt64? {
-  let t = text.replacingOccurrences(of: "_", with: "")
-  if t.hasPrefix("0x") || t.hasPrefix("0X") {
-    let digits = t.dropFirst(2)
-    return digits.isEmpty ? nil : UInt64(digits, radix: 16)
-  }
-  return t.isEmpty ? nil : UInt64(t, radix: 10)
 }
 
 /// The answer of `mramfs translate`, as text or JSON (exact 64-bit integers through UInt64 Codable).

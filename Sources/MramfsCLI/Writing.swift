@@ -11,7 +11,7 @@ import Synchronization
 /// Options every command that writes a file shares.
 struct OutputOptions: ParsableArguments {
   @Option(name: .shortAndLong, help: ArgumentHelp("The file to write.", valueName: "OUT"))
-  var output: String
+  var output: String?
 
   @Flag(help: "Replace OUT if it exists; a symbolic link at OUT is replaced, not followed.")
   var force = false
@@ -19,8 +19,8 @@ struct OutputOptions: ParsableArguments {
   @Flag(help: "Print a JSON summary on standard output.")
   var json = false
 
-  @Option(help: "Threads that copy pages (default: the number of CPUs).")
-  var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+  @Option(help: "Threads that copy pages, 1 to 1024 (default: the number of CPUs).", transform: ArgumentValue.threads)
+  var threads: Int = min(1024, max(1, ProcessInfo.processInfo.activeProcessorCount))
 
   @Option(help: ArgumentHelp("Alignment of each block's pages region: 1m (as QEMU writes) or 4k.", valueName: "ALIGN"))
   var align: Alignment = .mebibyte
@@ -45,12 +45,18 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
   }
 }
 
-/// Writes `plan` to `options.output` safely, with a progress bar on a terminal, and reports the result.
-func writeStream(_ plan: StreamPlan, _ options: OutputOptions, what: String) throws -> WriteSummary {
+/// Writes `plan` to `path` safely, with a progress bar on a terminal, and reports the result.
+func writeStream(_ plan: StreamPlan, to path: String, _ options: OutputOptions, what: String) throws -> WriteSummary {
   installInterruptCleanup()
+  do {
+    try plan.validate()
+  } catch {
+    printError("error: \(error)")
+    throw Failure(code: 1)
+  }
   let output: OutputFile
   do {
-    output = try OutputFile(path: options.output, overwrite: options.force)
+    output = try OutputFile(path: path, overwrite: options.force)
   } catch {
     printError("error: \(error)")
     throw Failure(code: 1)

@@ -164,20 +164,84 @@ public enum Mounter {
   }
 
   /// Unmounts `mountpoint` with `fusermount3 -u` (`-z` when `lazy`, or when the mount is stale).
+  ///
+  /// Only an mramfs mount (type `fuse.mramfs` in `/proc/self/mountinfo`) is touched: run as
+  /// root, `fusermount3 -u` would unmount any file system it is given.
   public static func unmount(_ mountpoint: String, lazy: Bool) throws(MountFailure) {
+    let shown = quoted(Array(mountpoint.utf8))
+    guard !mountpoint.isEmpty else { throw MountFailure("the mount point is empty; give the directory of an mramfs mount") }
+    guard let real = resolvedPath(mountpoint) else {
+      throw MountFailure("\(shown): \(Errno(rawValue: errno)); give the directory of an mramfs mount")
+    }
+    guard let type = mountType(at: real) else {
+      throw MountFailure("\(shown) is not a mount point; nothing to unmount")
+    }
+    guard type == "fuse.mramfs" else {
+      throw MountFailure("\(shown) is a \(type) mount, not an mramfs one; mramfs unmounts only its own mounts")
+    }
     let stale = isStale(mountpoint)
     var args = ["fusermount3", "-u"]
     if lazy || stale { args.append("-z") }
-    args.append(mountpoint)
+    args.append(real)
     let candidates: [String] = ["/bin/fusermount3", "/usr/bin/fusermount3"]
     guard let tool = candidates.first(where: { access($0, X_OK) == 0 }) else {
       throw MountFailure("cannot find fusermount3; install the fuse3 package")
     }
-    let status = runTool(tool, args)
+    let (status, message) = runTool(tool, args)
     guard status == 0 else {
+      let said = message.split(separator: "\n").first.map { " (fusermount3: \($0))" } ?? ""
       throw MountFailure(
-        "fusermount3 could not unmount \(mountpoint); if files are still open, try `mramfs unmount --lazy \(mountpoint)`")
+        "fusermount3 could not unmount \(shown)\(said); if files are still open, try `mramfs unmount --lazy \(mountpoint)`")
     }
+  }
+
+  /// `path` with symbolic links resolved, or nil (errno set). A stale mount point fails `realpath`
+  /// with ENOTCONN; its path is then taken as given, made absolute.
+  static func resolvedPath(_ path: String) -> String? {
+    if let real = realpath(path, nil) {
+      defer { free(real) }
+      return String(cString: real)
+    }
+    guard errno == ENOTCONN else { return nil }
+    if path.hasPrefix("/") { return path }
+    guard let cwd = getcwd(nil, 0) else { return nil }
+    defer { free(cwd) }
+    return String(cString: cwd) + "/" + path
+  }
+
+  /// The file system type of the newest mount whose mount point is exactly `path`, from
+  /// `/proc/self/mountinfo`; nil when `path` is not a mount point.
+  static func mountType(at path: String) -> String? {
+    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
+    var type: String? = nil
+    for line in text.split(separator: "\n") {
+      // Fields: id parent major:minor root mountpoint options ... - fstype source superoptions
+      let f = line.split(separator: " ")
+      guard f.count > 6, unescapeMountinfo(f[4]) == path, let dash = f.firstIndex(of: "-"), dash + 1 < f.count else {
+        continue
+      }
+      type = String(f[dash + 1])
+    }
+    return type
+  }
+
+  /// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
+  static func unescapeMountinfo(_ field: Substring) -> String {
+    var out: [UInt8] = []
+    let b = Array(field.utf8)
+    var i = 0
+    while i < b.count {
+      if b[i] == UInt8(ascii: "\\"), i + 3 < b.count,
+        let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8)
+      {
+        out.append(v)
+        i += 4
+      } else {
+        out.append(b[i])
+        i += 1
+      }
+    }
+    return String(decoding: out, as: UTF8.self)
   }
 
   /// Whether `path` is a FUSE mount whose daemon is gone ("Transport endpoint is not connected").
@@ -248,14 +312,35 @@ public enum Mounter {
     return pid
   }
 
-  /// Runs `path` with `args` (argv[0] first), waits, and returns its exit status (or 1).
-  static func runTool(_ path: String, _ args: [String]) -> Int32 {
+  /// Runs `path` with `args` (argv[0] first), waits, and returns its exit status (or 1) and
+  /// what it wrote to standard error (at most 4 KiB).
+  static func runTool(_ path: String, _ args: [String]) -> (status: Int32, stderr: String) {
+    var fds: [Int32] = [0, 0]
+    guard pipe(&fds) == 0 else { return (1, "pipe: \(Errno(rawValue: errno))") }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
+    posix_spawn_file_actions_addclose(&actions, fds[0])
     let cargs = args.map { strdup($0) } + [nil]
     defer { for p in cargs { free(p) } }
     var pid: pid_t = 0
-    guard posix_spawn(&pid, path, nil, nil, cargs, environ) == 0 else { return 1 }
+    let rc = posix_spawn(&pid, path, &actions, nil, cargs, environ)
+    close(fds[1])
+    defer { close(fds[0]) }
+    guard rc == 0 else { return (1, "cannot run \(path): \(Errno(rawValue: rc))") }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 1024)
+    while true {
+      let n = chunk.withUnsafeMutableBytes { read(fds[0], $0.baseAddress, $0.count) }
+      if n > 0 {
+        if bytes.count < 4096 { bytes += chunk[0..<n] }
+      } else if n == 0 || errno != EINTR {
+        break
+      }
+    }
     var status: Int32 = 0
     while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 1
+    return ((status & 0x7f) == 0 ? (status >> 8) & 0xff : 1, String(decoding: bytes, as: UTF8.self))
   }
 }
