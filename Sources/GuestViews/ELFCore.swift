@@ -13,14 +13,9 @@ import MigrationFormat
 /// page boundary, and then each segment's bytes back to back. Segments are whole pages, so every
 /// `PT_LOAD` starts at a page-aligned file offset (QEMU packs the first one right after the notes).
 ///
-/// Segments, as QEMU's dump has them:
-/// - main RAM: the ranges of ``PhysicalLayout``, except that the legacy VGA window
-///   `[0xa0000, 0xc0000)` is cut out when the file has a VGA device section (QEMU's dump leaves
-///   it out because the VGA device's MMIO covers it);
-/// - `pc.bios` at `4 GiB − size`, where pc and q35 map it;
-/// - a standard VGA's `vga.vram` at the address in its BAR 0, read from the PCI config space in
-///   the device's section, when memory decoding is on.
-/// Other blocks (option ROMs, fw_cfg blobs) are not placed, as they are not in ``PhysicalLayout``.
+/// Segments are the ranges of ``PhysicalLayout``, which are the ones QEMU's dump has: main RAM
+/// (less the legacy VGA window when the file has a VGA device), `pc.bios` below 4 GiB and VGA
+/// RAM at its BAR; so `vmcore` and `physmem` show the same bytes at the same addresses.
 ///
 /// The notes are one `NT_PRSTATUS` per vCPU (`pr_pid` = index + 1, as QEMU writes them), then
 /// one `QEMU` note per vCPU (QEMU's CPU state: version 1, 440 bytes), from ``X86Registers``.
@@ -38,8 +33,6 @@ public struct ELFCore: Sendable, Equatable {
     public var blockOffset: UInt64
     /// Bytes (`p_filesz` = `p_memsz`), a whole number of pages.
     public var length: UInt64
-    /// Whether the block is main RAM, read through ``PhysicalLayout`` as `physmem` reads it.
-    public var isMainRAM: Bool
     /// One past the last byte in the core file.
     public var fileEnd: UInt64 { fileOffset + length }
   }
@@ -64,41 +57,11 @@ public struct ELFCore: Sendable, Equatable {
   /// The page size, and alignment of every segment.
   public let pageSize: UInt64
 
-  static let legacyVGA: Range<UInt64> = 0xa0000..<0xc0000
-
   /// Builds the core file's layout for `file`, whose main RAM `layout` places, with the vCPUs' `registers`.
   public init(_ file: MigrationFile, layout: PhysicalLayout, registers: [X86Registers]) throws(Unavailable) {
     guard !registers.isEmpty else { throw Unavailable("the file gives no vCPU registers") }
     let ps = layout.pageSize
-    // Guest-physical pieces: (gpa, block, blockOffset, length).
-    var pieces: [(gpa: UInt64, block: Int, blockOffset: UInt64, length: UInt64)] = []
-    let cutVGA = file.devices.contains { ELFCore.isVGA($0.name) }
-    for r in layout.ranges {
-      var lo = r.gpa
-      if cutVGA, r.gpa < ELFCore.legacyVGA.upperBound, r.end > ELFCore.legacyVGA.lowerBound {
-        if r.gpa < ELFCore.legacyVGA.lowerBound {
-          pieces.append((r.gpa, r.block, r.blockOffset, ELFCore.legacyVGA.lowerBound - r.gpa))
-        }
-        lo = max(r.gpa, ELFCore.legacyVGA.upperBound)
-      }
-      if lo < r.end { pieces.append((lo, r.block, r.blockOffset + (lo - r.gpa), r.end - lo)) }
-    }
-    func free(_ gpa: UInt64, _ length: UInt64) -> Bool {
-      let (end, overflow) = gpa.addingReportingOverflow(length)
-      return !overflow && length > 0 && length % ps == 0 && gpa % ps == 0
-        && !pieces.contains { $0.gpa < end && gpa < $0.gpa + $0.length }
-    }
-    for (i, b) in file.blocks.enumerated() where b.pageSize == ps && b.bitmap != nil {
-      if b.name.string == "pc.bios", b.length <= 1 << 32, free((1 << 32) - b.length, b.length) {
-        pieces.append(((1 << 32) - b.length, i, 0, b.length))
-      } else if let s = b.name.string, s.hasSuffix("/vga.vram"), let bar = ELFCore.vgaBAR(file, device: String(s.dropLast(5))),
-        free(bar, b.length)
-      {
-        pieces.append((bar, i, 0, b.length))
-      }
-    }
-    pieces.sort { $0.gpa < $1.gpa }
-
+    let pieces = layout.ranges
     let notes = ELFCore.notes(registers)
     let phnum = 1 + pieces.count
     guard phnum < 0xffff else { throw Unavailable("\(pieces.count) RAM ranges are more than an ELF header can count") }
@@ -109,12 +72,9 @@ public struct ELFCore: Sendable, Equatable {
     var at = dataOffset
     var populated = dataOffset
     for p in pieces {
-      segments.append(
-        Segment(
-          gpa: p.gpa, fileOffset: at, block: p.block, blockOffset: p.blockOffset, length: p.length,
-          isMainRAM: layout.mainBlocks.contains(p.block)))
+      segments.append(Segment(gpa: p.gpa, fileOffset: at, block: p.block, blockOffset: p.blockOffset, length: p.length))
       at += p.length
-      populated += ELFCore.populatedBytes(file.blocks[p.block], from: p.blockOffset, length: p.length)
+      populated += PhysicalLayout.populatedBytes(file.blocks[p.block], from: p.blockOffset, length: p.length)
     }
 
     var h = ByteWriter()
@@ -175,52 +135,6 @@ public struct ELFCore: Sendable, Equatable {
         return .failure(error)
       }
     }
-  }
-
-  /// Whether a device section name is a VGA device with the legacy window (`vga`, `cirrus_vga`, `vmware_vga`…).
-  static func isVGA(_ name: String) -> Bool {
-    let last = name.split(separator: "/").last.map(String.init) ?? name
-    return last == "vga" || last.hasSuffix("_vga") || last.hasSuffix("-vga")
-  }
-
-  /// The guest-physical address of BAR 0 of the PCI device whose section is `device` (`0000:00:02.0/vga`),
-  /// from the `pci config` field of its state; nil when memory decoding is off or the BAR is unset.
-  static func vgaBAR(_ file: MigrationFile, device: String) -> UInt64? {
-    guard let desc = file.vmDescription, let section = file.devices.first(where: { $0.name == device }) else { return nil }
-    let state = DeviceState(section: section, description: desc.devices[section.descriptionIndex], file: file)
-    guard let top = state.state else { return nil }
-    var config: [UInt8]? = nil
-    for f in top.fields {
-      if f.type == "pci config", case .bytes(let b) = f.value { config = b }
-      if let s = f.value.structure, let c = s.fields.first(where: { $0.type == "pci config" }), case .bytes(let b) = c.value {
-        config = b
-      }
-      if config != nil { break }
-    }
-    guard let c = config, c.count >= 0x18 else { return nil }
-    func le32(_ at: Int) -> UInt64 { (0..<4).reduce(UInt64(0)) { $0 | UInt64(c[at + $1]) << (8 * UInt64($1)) } }
-    let command = le32(0x04) & 0xffff
-    let bar = le32(0x10)
-    guard command & 0x2 != 0, bar & 1 == 0 else { return nil }  // memory decoding on, a memory BAR
-    var address = bar & ~0xf
-    if bar & 0x6 == 0x4 { address |= le32(0x14) << 32 }  // 64-bit BAR
-    guard address != 0, address != 0xffff_fff0 else { return nil }
-    return address
-  }
-
-  /// Bytes of `block`'s pages in `[offset, offset + length)` that the file holds.
-  static func populatedBytes(_ b: RAMBlock, from offset: UInt64, length: UInt64) -> UInt64 {
-    guard let bitmap = b.bitmap, length > 0 else { return 0 }
-    let first = offset / b.pageSize
-    let limit = (offset + length + b.pageSize - 1) / b.pageSize
-    var pages: UInt64 = 0
-    var p = first
-    while p < limit, let set = bitmap.nextSet(from: p, limit: limit) {
-      let clear = bitmap.nextClear(from: set, limit: limit) ?? limit
-      pages += clear - set
-      p = clear
-    }
-    return pages * b.pageSize
   }
 
   // MARK: - Notes
@@ -286,8 +200,8 @@ public struct ELFCore: Sendable, Equatable {
 
 extension MigrationFile {
   /// Reads the core file's bytes from `offset` on into `buffer`: the header, zeros to the first page,
-  /// then each segment through ``read(physical:at:into:)`` (main RAM, as `physmem` serves it) or
-  /// ``read(block:at:into:)`` (BIOS, VGA RAM). Short at the end; allocates nothing, takes no lock.
+  /// then each segment through ``read(block:at:into:)``, the same bytes `physmem` serves at its
+  /// address. Short at the end; allocates nothing, takes no lock.
   public func read(core: ELFCore, layout: PhysicalLayout, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
     throws(FormatError) -> Int
   {
@@ -314,10 +228,7 @@ extension MigrationFile {
       let want = Int(min(end, s.fileEnd) - pos)
       let into = UnsafeMutableRawBufferPointer(start: base + Int(pos - offset), count: want)
       let inSegment = pos - s.fileOffset
-      let got =
-        s.isMainRAM
-        ? try read(physical: layout, at: s.gpa + inSegment, into: into)
-        : try read(block: s.block, at: s.blockOffset + inSegment, into: into)
+      let got = try read(block: s.block, at: s.blockOffset + inSegment, into: into)
       if got < want { memset(into.baseAddress! + got, 0, want - got) }
       pos += UInt64(want)
       i += 1

@@ -113,29 +113,3 @@ public enum PageWalk {
     return .mapped(gpa: table | (va & 0xfff), pageSize: 4096, steps: steps)
   }
 }
-
-extension PhysicalLayout {
-  /// The block and offset holding guest-physical address `gpa`, or nil where no main RAM is.
-  public func locate(_ gpa: UInt64) -> (block: Int, blockOffset: UInt64)? {
-    let i = firstRange(endingAfter: gpa)
-    guard i < ranges.count, ranges[i].gpa <= gpa else { return nil }
-    return (ranges[i].block, ranges[i].blockOffset + (gpa - ranges[i].gpa))
-  }
-}
-
-extension MigrationFile {
-  /// The little-endian u64 at guest-physical `gpa`, as the `physmem` file serves it (zeros outside RAM
-  /// and in pages the file does not hold).
-  public func readUInt64LE(physical layout: PhysicalLayout, at gpa: UInt64) throws(FormatError) -> UInt64 {
-    var value: UInt64 = 0
-    var failure: FormatError? = nil
-    withUnsafeMutableBytes(of: &value) { raw in
-      do throws(FormatError) {
-        let n = try read(physical: layout, at: gpa, into: raw)
-        if n < 8 { memset(raw.baseAddress! + n, 0, 8 - n) }
-      } catch { failure = error }
-    }
-    if let failure { throw failure }
-    return UInt64(littleEndian: value)
-  }
-}

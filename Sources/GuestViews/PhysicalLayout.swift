@@ -5,39 +5,50 @@
 #endif
 import MigrationFormat
 
-/// Where a machine's main RAM sits in guest-physical address space: the map
-/// behind a mount's `physmem` file, whose byte N is guest-physical address N
-/// (FORMAT.md §6).
+/// What a CPU in normal mode sees in guest-physical address space: the map behind a mount's
+/// `physmem` file, whose byte N is guest-physical address N, and behind `vmcore`'s `PT_LOAD`s,
+/// which are exactly these ranges (FORMAT.md §6).
 ///
-/// Main RAM is the block `pc.ram`; on a NUMA guest whose nodes have memory
-/// backends (`-numa node,memdev=…`) there is no `pc.ram`, and main RAM is the
-/// node blocks back to back in node order: QEMU's machine RAM container adds
-/// each node's backend at the running offset, node 0 first, whatever order
-/// the stream lists the blocks in (it lists them by size). A backend's block
-/// is named after its id, and only libvirt's convention ties an id to a node:
-/// node N's backend is `ram-nodeN` (`/objects/ram-nodeN` for a
-/// memory-backend-file on machine types 3.1 and older, which name its block by
-/// canonical path: seen with QEMU 10). Main RAM is then split
-/// at `lowmem` as ``X86Layout`` says: `[0, lowmem)` at address 0, the rest
-/// from 4 GiB up.
+/// The ranges are those QEMU's `dump-guest-memory` writes for pc and q35 machines:
+/// - main RAM: `pc.ram`, or on a NUMA guest whose nodes have memory backends
+///   (`-numa node,memdev=…`) the node blocks back to back in node order (QEMU's machine RAM
+///   container adds each node's backend at the running offset, node 0 first, whatever order
+///   the stream lists the blocks in). A backend's block is named after its id, and only
+///   libvirt's convention ties an id to a node: node N's backend is `ram-nodeN`
+///   (`/objects/ram-nodeN` for a memory-backend-file on machine types 3.1 and older). Main
+///   RAM is split at `lowmem` as ``X86Layout`` says: `[0, lowmem)` at address 0, the rest
+///   from 4 GiB up. The legacy VGA window `[0xa0000, 0xc0000)` is left out when the file has
+///   a VGA device section: the CPU sees the VGA device there, not the RAM under it (whose
+///   bytes the block file `pc.ram` still serves);
+/// - `pc.bios` at `4 GiB − size`, where pc and q35 map it;
+/// - a standard VGA's `vga.vram` at the address in its PCI BAR 0, read from the device's
+///   saved config space, when memory decoding is on.
 ///
-/// Only RAM is placed. Everything else reads as zeros: the PCI hole
-/// `[lowmem, 4 GiB)` with the BIOS (`pc.bios`) and device memory (VGA RAM,
-/// option ROMs) QEMU maps there, as every block keeps its own file. In the
-/// legacy window `[0xa0000, 0xc0000)` the file serves main RAM's bytes,
-/// which a guest with a VGA device does not see there.
+/// Everything else reads as zeros: the PCI hole, MMIO, option ROMs and fw_cfg blobs (which
+/// keep their own block files).
 public struct PhysicalLayout: Sendable, Equatable {
-  /// One piece of main RAM: bytes `[blockOffset, blockOffset + length)` of block `block` at guest-physical `gpa`.
+  /// One range: bytes `[blockOffset, blockOffset + length)` of block `block` at guest-physical `gpa`.
   public struct Range: Sendable, Equatable {
+    /// What the range holds.
+    public enum Kind: String, Sendable, Equatable {
+      /// Main RAM (`pc.ram` or a NUMA node).
+      case mainRAM = "ram"
+      /// The BIOS ROM below 4 GiB.
+      case bios
+      /// VGA RAM at its BAR.
+      case vgaRAM = "vram"
+    }
     /// The guest-physical address of the first byte.
     public var gpa: UInt64
     /// The index of the block in ``MigrationFile/blocks``.
     public var block: Int
-    /// Where the piece starts in its block.
+    /// Where the range starts in its block.
     public var blockOffset: UInt64
-    /// The piece's length in bytes (a whole number of pages).
+    /// The range's length in bytes (a whole number of pages).
     public var length: UInt64
-    /// One past the piece's last guest-physical address.
+    /// What the range holds.
+    public var kind: Kind = .mainRAM
+    /// One past the range's last guest-physical address.
     public var end: UInt64 { gpa + length }
   }
 
@@ -55,20 +66,23 @@ public struct PhysicalLayout: Sendable, Equatable {
   public let lowmem: UInt64
   /// The blocks that make main RAM, in node order (one for `pc.ram`).
   public let mainBlocks: [Int]
-  /// The pieces of main RAM in address order; they cover every byte of ``mainBlocks`` once.
+  /// Every range in address order, non-overlapping: main RAM, the BIOS, VGA RAM.
   public let ranges: [Range]
-  /// The size of the view: one past the highest address of RAM.
+  /// The size of the view: one past the highest address of any range.
   public let size: UInt64
-  /// The page size of main RAM.
+  /// The page size of main RAM, and of every range.
   public let pageSize: UInt64
-  /// Bytes of main RAM whose pages the file holds (for `st_blocks`).
+  /// Bytes of the ranges whose pages the file holds (for `st_blocks`).
   public let populatedBytes: UInt64
 
   /// QEMU 7.1+ moves RAM above 4 GiB to 1 TiB on AMD CPUs once it (or the device
   /// memory after it) would reach this address (FORMAT.md §6.1); the file does not say the CPU vendor.
   static let amdRelocationLimit: UInt64 = 0xfd_0000_0000
 
-  /// Places `file`'s main RAM; `lowmem` overrides the machine type's split
+  /// The legacy VGA window, which a VGA device's MMIO covers.
+  public static let legacyVGA: Swift.Range<UInt64> = 0xa0000..<0xc0000
+
+  /// Places `file`'s RAM and ROM; `lowmem` overrides the machine type's split
   /// (QEMU's `max-ram-below-4g`, which the file does not record).
   ///
   /// Throws ``Unavailable`` with the reason for machines it cannot place: no
@@ -86,7 +100,6 @@ public struct PhysicalLayout: Sendable, Equatable {
     let main = try PhysicalLayout.mainRAMBlocks(file)
     let pageSize = file.blocks[main[0]].pageSize
     var total: UInt64 = 0
-    var populated: UInt64 = 0
     for i in main {
       let b = file.blocks[i]
       guard b.pageSize == pageSize, b.length % pageSize == 0 else {
@@ -96,7 +109,6 @@ public struct PhysicalLayout: Sendable, Equatable {
       let (sum, overflow) = total.addingReportingOverflow(b.length)
       guard !overflow else { throw Unavailable("main RAM is larger than the 64-bit address space") }
       total = sum
-      populated += (b.populatedPages ?? 0) * b.pageSize
     }
     if let override {
       guard override > 0, override <= 1 << 32, override % pageSize == 0 else {
@@ -114,7 +126,8 @@ public struct PhysicalLayout: Sendable, Equatable {
         "RAM above 4 GiB would reach \(hex(PhysicalLayout.amdRelocationLimit)), where QEMU 7.1 and later move it "
           + "to 1 TiB on AMD CPUs; the file does not record the CPU vendor")
     }
-    // Cut each piece of main RAM at the node blocks' boundaries.
+    // Cut each piece of main RAM at the node blocks' boundaries, and out of the VGA window.
+    let cutVGA = file.devices.contains { PhysicalLayout.isVGA($0.name) }
     var ranges: [Range] = []
     for piece in x86.ranges {
       var mainOffset: UInt64 = 0
@@ -123,18 +136,52 @@ public struct PhysicalLayout: Sendable, Equatable {
         let lo = max(piece.blockOffset, mainOffset)
         let hi = min(piece.blockOffset + piece.length, mainOffset + length)
         if lo < hi {
-          ranges.append(Range(gpa: piece.gpa + (lo - piece.blockOffset), block: i, blockOffset: lo - mainOffset, length: hi - lo))
+          let r = Range(gpa: piece.gpa + (lo - piece.blockOffset), block: i, blockOffset: lo - mainOffset, length: hi - lo)
+          ranges += cutVGA ? PhysicalLayout.cutting(PhysicalLayout.legacyVGA, out: r) : [r]
         }
         mainOffset += length
       }
     }
+    ranges += PhysicalLayout.deviceMemory(file, pageSize: pageSize, avoiding: ranges)
+    ranges.sort { $0.gpa < $1.gpa }
     self.chipset = chipset
     self.lowmem = x86.lowmem
     self.mainBlocks = main
     self.ranges = ranges
-    self.size = x86.end
+    self.size = ranges.map(\.end).max() ?? 0
     self.pageSize = pageSize
-    self.populatedBytes = populated
+    self.populatedBytes = ranges.reduce(0) {
+      $0 + PhysicalLayout.populatedBytes(file.blocks[$1.block], from: $1.blockOffset, length: $1.length)
+    }
+  }
+
+  /// `r` without the addresses in `window`: nothing, one piece, or two.
+  static func cutting(_ window: Swift.Range<UInt64>, out r: Range) -> [Range] {
+    guard r.gpa < window.upperBound, r.end > window.lowerBound else { return [r] }
+    var out: [Range] = []
+    if r.gpa < window.lowerBound {
+      out.append(Range(gpa: r.gpa, block: r.block, blockOffset: r.blockOffset, length: window.lowerBound - r.gpa))
+    }
+    if r.end > window.upperBound {
+      let lo = window.upperBound
+      out.append(Range(gpa: lo, block: r.block, blockOffset: r.blockOffset + (lo - r.gpa), length: r.end - lo))
+    }
+    return out
+  }
+
+  /// Bytes of `block`'s pages in `[offset, offset + length)` that the file holds; O(bitmap words).
+  public static func populatedBytes(_ b: RAMBlock, from offset: UInt64, length: UInt64) -> UInt64 {
+    guard let bitmap = b.bitmap, length > 0 else { return 0 }
+    let first = offset / b.pageSize
+    let limit = (offset + length + b.pageSize - 1) / b.pageSize
+    var pages: UInt64 = 0
+    var p = first
+    while p < limit, let set = bitmap.nextSet(from: p, limit: limit) {
+      let clear = bitmap.nextClear(from: set, limit: limit) ?? limit
+      pages += clear - set
+      p = clear
+    }
+    return pages * b.pageSize
   }
 
   /// The layout of `file`, or why there is none.
@@ -196,73 +243,11 @@ public struct PhysicalLayout: Sendable, Equatable {
   }
 }
 
-extension MigrationFile {
-  /// Reads the guest-physical bytes from `address` on into `buffer`, as the
-  /// `physmem` file serves them: main RAM through ``read(block:at:into:)`` (so
-  /// masked by the bitmap), zeros where there is no RAM. Reads stop at the
-  /// layout's size, so the result may be short; returns the number of bytes written.
-  ///
-  /// It allocates nothing and takes no lock.
-  public func read(physical layout: PhysicalLayout, at address: UInt64, into buffer: UnsafeMutableRawBufferPointer)
-    throws(FormatError) -> Int
-  {
-    guard address < layout.size, buffer.count > 0, let base = buffer.baseAddress else { return 0 }
-    let count = Int(min(UInt64(buffer.count), layout.size - address))
-    let end = address + UInt64(count)
-    var pos = address
-    var i = layout.firstRange(endingAfter: pos)
-    while pos < end {
-      let into = base + Int(pos - address)
-      if i < layout.ranges.count, layout.ranges[i].gpa <= pos {
-        let r = layout.ranges[i]
-        let want = Int(min(end, r.end) - pos)
-        let got = try read(block: r.block, at: r.blockOffset + (pos - r.gpa), into: UnsafeMutableRawBufferPointer(start: into, count: want))
-        if got < want { memset(into + got, 0, want - got) }
-        pos += UInt64(want)
-        i += 1
-      } else {
-        let stop = i < layout.ranges.count ? min(end, layout.ranges[i].gpa) : end
-        memset(into, 0, Int(stop - pos))
-        pos = stop
-      }
-    }
-    return count
-  }
-
-  /// The first guest-physical address at or after `address` that holds data, or nil past the last data.
-  ///
-  /// Costs O(bitmap words scanned) per range of the layout, never O(pages).
-  public func nextData(physical layout: PhysicalLayout, from address: UInt64) -> UInt64? {
-    guard address < layout.size else { return nil }
-    var i = layout.firstRange(endingAfter: address)
-    while i < layout.ranges.count {
-      let r = layout.ranges[i]
-      let from = max(address, r.gpa)
-      if let d = nextData(block: r.block, from: r.blockOffset + (from - r.gpa)), d < r.blockOffset + r.length {
-        return r.gpa + (d - r.blockOffset)
-      }
-      i += 1
-    }
-    return nil
-  }
-
-  /// The first guest-physical address at or after `address` that is a hole; like `SEEK_HOLE`, the
-  /// end of the view counts as one. Returns nil when `address` is past the end.
-  ///
-  /// Costs O(bitmap words scanned) per range of the layout, never O(pages).
-  public func nextHole(physical layout: PhysicalLayout, from address: UInt64) -> UInt64? {
-    guard address < layout.size else { return nil }
-    var pos = address
-    var i = layout.firstRange(endingAfter: address)
-    while i < layout.ranges.count {
-      let r = layout.ranges[i]
-      if pos < r.gpa { return pos }
-      let blockEnd = r.blockOffset + r.length
-      let h = nextHole(block: r.block, from: r.blockOffset + (pos - r.gpa)) ?? blockEnd
-      if h < blockEnd { return r.gpa + (h - r.blockOffset) }
-      pos = r.end
-      i += 1
-    }
-    return pos
+extension PhysicalLayout {
+  /// The block and offset holding guest-physical address `gpa`, or nil where no range is.
+  public func locate(_ gpa: UInt64) -> (block: Int, blockOffset: UInt64)? {
+    let i = firstRange(endingAfter: gpa)
+    guard i < ranges.count, ranges[i].gpa <= gpa else { return nil }
+    return (ranges[i].block, ranges[i].blockOffset + (gpa - ranges[i].gpa))
   }
 }

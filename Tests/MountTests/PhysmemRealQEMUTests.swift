@@ -1,9 +1,9 @@
 // The mounted `physmem` of real QEMU files against QEMU's own dump-guest-memory of the
 // same paused guest (NAME.elf, made by scripts/make-fixtures.py with paging=false,
 // format elf). The ELF's PT_LOAD segments say which guest-physical ranges QEMU sees as
-// RAM or ROM and what they hold; physmem must agree byte for byte wherever they are main
-// RAM, read zeros everywhere else, and leave the other segments (BIOS, VGA RAM) to
-// their own block files.
+// RAM or ROM and what they hold: physmem must have exactly those ranges (main RAM less the
+// VGA window, the BIOS below 4 GiB, VGA RAM at its BAR), agree with the dump byte for byte
+// in every one of them at every address, and read zeros (holes) everywhere else.
 
 import Foundation
 import GuestViews
@@ -83,26 +83,23 @@ struct PhysmemRealQEMUTests {
     let fixtures = try Fixtures.load()
     let s = try fixtures.scenario(name)
     let elf = try #require(s.elfDump, "\(name): the manifest has no elf_dump; regenerate with scripts/make-fixtures.py")
-    let loads = try ELFLoad.read(fixtures.path(elf))
+    let loads = try ELFLoad.read(fixtures.path(elf)).sorted { $0.paddr < $1.paddr }
     let file = try MigrationFile(path: fixtures.path(s.file))
+    let layout = try PhysicalLayout(file)
     let mount = try QEMUMount(fixtures.path(s.file), options: options)
     defer { mount.cleanup() }
 
-    // Main RAM as the generator placed it: GPA ranges (pcram_layout) of the blocks in node order.
-    let mainNames = s.mainRAMBlocks ?? ["pc.ram"]
-    let main = s.pcramLayout.map { $0.gpa..<($0.gpa + $0.length) }
-    let size = try #require(main.map(\.upperBound).max())
-    #expect(size == (s.ramBytes > s.lowmem ? (1 << 32) + s.ramBytes - s.lowmem : s.ramBytes))
-    let excluded = s.compareExclude.compactMap { $0.count == 2 ? $0[0]..<$0[1] : nil }
+    // physmem's ranges are exactly the dump's PT_LOADs: same addresses, same lengths.
+    #expect(
+      layout.ranges.map { "\(hex($0.gpa))+\(hex($0.length))" } == loads.map { "\(hex($0.paddr))+\(hex($0.filesz))" },
+      "\(name): physmem's ranges against the dump's PT_LOADs \(loads)")
+    let size = try #require(loads.map(\.end).max())
 
     let path = mount.path("physmem")
     var st = stat()
     try #require(stat(path, &st) == 0, "\(name): stat physmem: \(String(cString: strerror(errno)))")
-    #expect(UInt64(st.st_size) == size, "\(name): physmem size")
-    let populated = mainNames.reduce(UInt64(0)) { sum, n in
-      sum + (file.block(named: n).map { ($0.populatedPages ?? 0) * $0.pageSize } ?? 0)
-    }
-    #expect(UInt64(st.st_blocks) * 512 == populated, "\(name): st_blocks counts main RAM's populated pages")
+    #expect(UInt64(st.st_size) == size, "\(name): physmem ends where the dump's last segment does")
+    #expect(UInt64(st.st_blocks) * 512 == layout.populatedBytes, "\(name): st_blocks counts the ranges' populated pages")
     #expect(st.st_mode & 0o7777 == 0o444 && st.st_mode & S_IFMT == S_IFREG)
 
     let fd = open(path, O_RDONLY | O_CLOEXEC)
@@ -112,8 +109,7 @@ struct PhysmemRealQEMUTests {
     try #require(dumpFD >= 0)
     defer { close(dumpFD) }
 
-    // Every byte of physmem, in 1 MiB reads: the dump where a PT_LOAD segment is main RAM,
-    // zeros everywhere else (no RAM, or RAM the dump does not have), except in compare_exclude.
+    // Every byte of physmem, in 1 MiB reads: the dump's byte inside a PT_LOAD, zero outside.
     let chunk: UInt64 = 1 << 20
     let got = Buffer(Int(chunk), fill: 0xEE)
     let want = Buffer(Int(chunk))
@@ -129,71 +125,63 @@ struct PhysmemRealQEMUTests {
       }
       memset(want.base, 0, n)
       for load in loads {
-        for ram in main {
-          guard let piece = overlap(window, load.paddr..<load.end).flatMap({ overlap($0, ram) }) else { continue }
-          let fileAt = load.offset + (piece.lowerBound - load.paddr)
-          // Holes in the sparse dump are zeros; read only where it has data.
-          guard let data = seekData(dumpFD, fileAt), data < fileAt + UInt64(piece.count) else { continue }
-          let into = want.base + Int(piece.lowerBound - at)
-          guard preadFully(dumpFD, into, piece.count, fileAt) == piece.count else {
-            Issue.record("\(name): short read of the dump at \(hex(fileAt))")
-            return
-          }
-          compared += UInt64(piece.count)
-        }
-      }
-      for part in split(at, UInt64(n), by: excluded) where !part.excluded {
-        let off = Int(part.range.lowerBound - at)
-        if let d = firstDifference(got.base + off, want.base + off, part.range.count) {
-          let gpa = part.range.lowerBound + UInt64(d)
-          let inDump = loads.contains { ($0.paddr..<$0.end).contains(gpa) }
-          let what = inDump ? "the dump's byte" : "zero: no main RAM in the dump there"
-          Issue.record("\(name): physmem at GPA \(hex(gpa)) is \(got.raw[off + d]), expected \(want.raw[off + d]) (\(what))")
+        guard let piece = overlap(window, load.paddr..<load.end) else { continue }
+        let fileAt = load.offset + (piece.lowerBound - load.paddr)
+        // Holes in the sparse dump are zeros; read only where it has data.
+        guard let data = seekData(dumpFD, fileAt), data < fileAt + UInt64(piece.count) else { continue }
+        let into = want.base + Int(piece.lowerBound - at)
+        guard preadFully(dumpFD, into, piece.count, fileAt) == piece.count else {
+          Issue.record("\(name): short read of the dump at \(hex(fileAt))")
           return
         }
+        compared += UInt64(piece.count)
+      }
+      if let d = firstDifference(got.base, want.base, n) {
+        let gpa = at + UInt64(d)
+        let inDump = loads.contains { ($0.paddr..<$0.end).contains(gpa) }
+        let what = inDump ? "the dump's byte" : "zero: the dump has no segment there"
+        Issue.record("\(name): physmem at GPA \(hex(gpa)) is \(got.raw[d]), expected \(want.raw[d]) (\(what))")
+        return
       }
       at += UInt64(n)
     }
     #expect(pread(fd, got.base, 4096, off_t(size)) == 0, "\(name): nothing past the end")
     #expect(compared > 0)
-
-    // Main RAM the dump has no segment for lies inside compare_exclude (the VGA window).
-    for ram in main {
-      var pos = ram.lowerBound
-      for load in loads.sorted(by: { $0.paddr < $1.paddr }) where load.end > pos && load.paddr < ram.upperBound {
-        if load.paddr > pos {
-          let gap = pos..<load.paddr
-          #expect(excluded.contains { $0.contains(gap.lowerBound) && gap.upperBound <= $0.upperBound },
-                  "\(name): main RAM \(gap) is in no PT_LOAD segment")
-        }
-        pos = max(pos, load.end)
-      }
-      #expect(pos >= ram.upperBound, "\(name): main RAM from \(hex(pos)) is in no PT_LOAD segment")
-    }
-
-    // The dump's other segments are other blocks (BIOS, VGA RAM), served by their own files:
-    // physmem reads zeros there (checked above), the block file has the dump's bytes.
-    let paths = BlockPaths.assign(file.blocks.map(\.name)).map { $0.joined(separator: "/") }
-    for load in loads where !main.contains(where: { overlap($0, load.paddr..<load.end) != nil }) {
-      let candidates = file.blocks.indices.filter {
-        file.blocks[$0].length == load.filesz && !mainNames.contains(file.blocks[$0].name.description)
-      }
-      let dumpBytes = Buffer(Int(load.filesz))
-      let blockBytes = Buffer(Int(load.filesz))
-      defer { withExtendedLifetime((dumpBytes, blockBytes)) {} }  // their memory is used through raw pointers
-      #expect(preadFully(dumpFD, dumpBytes.base, Int(load.filesz), load.offset) == Int(load.filesz))
-      let match = candidates.first { i in
-        let bfd = open(mount.path(paths[i]), O_RDONLY | O_CLOEXEC)
-        guard bfd >= 0 else { return false }
-        defer { close(bfd) }
-        return preadFully(bfd, blockBytes.base, Int(load.filesz), 0) == Int(load.filesz)
-          && firstDifference(dumpBytes.base, blockBytes.base, Int(load.filesz)) == nil
-      }
-      #expect(match != nil, "\(name): the dump's segment \(load) is no block's bytes (candidates \(candidates.map { paths[$0] }))")
-    }
   }
 
-  @Test("SEEK_DATA/SEEK_HOLE over physmem find exactly main RAM's populated pages", arguments: ["pc-5g", "q35-5g-mfd", "pc-numa-5g"])
+  @Test("the VGA window: physmem is a hole of zeros there (the CPU sees the VGA device), the pc.ram file keeps its bytes",
+        arguments: ["pc-256", "q35-256-mfd"])
+  func vgaWindow(_ name: String) throws {
+    let fixtures = try Fixtures.load()
+    let s = try fixtures.scenario(name)
+    let file = try MigrationFile(path: fixtures.path(s.file))
+    let ram = try #require(file.blockIndex(named: "pc.ram"))
+    let mount = try QEMUMount(fixtures.path(s.file))
+    defer { mount.cleanup() }
+    let window = PhysicalLayout.legacyVGA
+    let count = Int(window.upperBound - window.lowerBound)
+    // The file holds pages there (SMRAM, whatever the guest left): the block file serves them.
+    let populatedThere = PhysicalLayout.populatedBytes(file.blocks[ram], from: window.lowerBound, length: UInt64(count))
+    #expect(populatedThere > 0, "\(name): the fixture has no populated page in the VGA window, so this test shows nothing")
+    let library = Buffer(count)
+    let served = Buffer(count, fill: 0xEE)
+    defer { withExtendedLifetime((library, served)) {} }
+    _ = try file.read(block: ram, at: window.lowerBound, into: UnsafeMutableRawBufferPointer(start: library.base, count: count))
+    let blockFD = open(mount.path("pc.ram"), O_RDONLY | O_CLOEXEC)
+    try #require(blockFD >= 0)
+    defer { close(blockFD) }
+    #expect(preadFully(blockFD, served.base, count, window.lowerBound) == count)
+    #expect(firstDifference(library.base, served.base, count) == nil, "\(name): pc.ram serves its own bytes in the window")
+    let physFD = open(mount.path("physmem"), O_RDONLY | O_CLOEXEC)
+    try #require(physFD >= 0)
+    defer { close(physFD) }
+    #expect(preadFully(physFD, served.base, count, window.lowerBound) == count)
+    #expect(served.raw.prefix(count).allSatisfy { $0 == 0 }, "\(name): physmem reads zeros in the VGA window")
+    #expect(seekHole(physFD, window.lowerBound) == window.lowerBound, "\(name): the window is a hole")
+    #expect(seekData(physFD, window.lowerBound).map { $0 >= window.upperBound } ?? true)
+  }
+
+  @Test("SEEK_DATA/SEEK_HOLE over physmem find exactly the populated pages of its ranges", arguments: ["pc-5g", "q35-5g-mfd", "pc-numa-5g"])
   func seekMap(_ name: String) throws {
     let fixtures = try Fixtures.load()
     let s = try fixtures.scenario(name)
@@ -204,27 +192,21 @@ struct PhysmemRealQEMUTests {
     let fd = open(mount.path("physmem"), O_RDONLY | O_CLOEXEC)
     try #require(fd >= 0)
     defer { close(fd) }
-    // The runs the bitmaps give, placed through the generator's layout (pcram_layout).
+    // The runs the bitmaps give, placed through the ranges (checked against QEMU's dump above).
     var expected: [Range<UInt64>] = []
-    var mainOffset: UInt64 = 0
-    for n in s.mainRAMBlocks ?? ["pc.ram"] {
-      let b = try #require(file.block(named: n))
+    for r in layout.ranges {
+      let b = file.blocks[r.block]
       for run in try #require(b.bitmap).runs() {
-        var lo = mainOffset + run.lowerBound * b.pageSize
-        let hi = mainOffset + run.upperBound * b.pageSize
-        while lo < hi {
-          let seg = try #require(s.pcramLayout.first { lo >= $0.pcramOffset && lo < $0.pcramOffset + $0.length })
-          let stop = min(hi, seg.pcramOffset + seg.length)
-          let gpa = seg.gpa + (lo - seg.pcramOffset)
-          if let last = expected.last, last.upperBound == gpa {
-            expected[expected.count - 1] = last.lowerBound..<(gpa + stop - lo)
-          } else {
-            expected.append(gpa..<(gpa + stop - lo))
-          }
-          lo = stop
+        let lo = max(run.lowerBound * b.pageSize, r.blockOffset)
+        let hi = min(run.upperBound * b.pageSize, r.blockOffset + r.length)
+        guard lo < hi else { continue }
+        let gpa = r.gpa + (lo - r.blockOffset)
+        if let last = expected.last, last.upperBound == gpa {
+          expected[expected.count - 1] = last.lowerBound..<(gpa + hi - lo)
+        } else {
+          expected.append(gpa..<(gpa + hi - lo))
         }
       }
-      mainOffset += b.length
     }
     var walked: [Range<UInt64>] = []
     var pos: UInt64 = 0
@@ -240,7 +222,12 @@ struct PhysmemRealQEMUTests {
     #expect(errnoOf { Int(lseek(fd, off_t(layout.size), 3)) } == ENXIO)
     #expect(errnoOf { Int(lseek(fd, off_t(layout.size), 4)) } == ENXIO)
     #expect(seekHole(fd, layout.lowmem) == layout.lowmem, "\(name): the PCI hole starts at lowmem")
-    #expect(seekData(fd, layout.lowmem).map { $0 >= 1 << 32 } ?? true, "\(name): no data in the PCI hole")
+    // In the PCI hole only device memory (VGA RAM, the BIOS) holds data.
+    let devices = layout.ranges.filter { $0.kind != .mainRAM }
+    #expect(!devices.isEmpty, "\(name): no BIOS or VGA RAM range")
+    if let data = seekData(fd, layout.lowmem), data < 1 << 32 {
+      #expect(devices.contains { ($0.gpa..<$0.end).contains(data) }, "\(name): data at \(hex(data)) in the PCI hole is no device's")
+    }
   }
 
   @Test("-o lowmem=2G moves pc-5g's split; info.json is `info --json --lowmem 2G`; bad values are refused")
@@ -295,7 +282,7 @@ struct PhysmemRealQEMUTests {
     #expect(table.status == 0)
     #expect(
       table.stdout.contains(
-        "physmem         6 GiB, lowmem 0xc0000000: ram-node0 [0x0, 0x40000000) at 0x0; ram-node1 [0x0, 0x80000000) at 0x40000000; ram-node1 [0x80000000, 0x100000000) at 0x100000000"
+        "physmem         6 GiB, lowmem 0xc0000000: ram-node0 [0x0, 0x40000000) at 0x0; ram-node1 [0x0, 0x80000000) at 0x40000000; pc.bios [0x0, 0x40000) at 0xfffc0000; ram-node1 [0x80000000, 0x100000000) at 0x100000000"
       ), "\(table.stdout)")
     let file = try MigrationFile(path: fixtures.path(s.file))
     #expect(file.blocks.first?.name.description == "ram-node1", "QEMU lists the bigger node first")

@@ -266,7 +266,7 @@ struct PhysmemTests {
     let size = fourGiB + 32 * page
     let a = try #require(f.lookup("physmem"))
     #expect(a.size == Int64(size))
-    #expect(a.blocks == 7 * 8)
+    #expect(a.blocks == 8 * 8, "seven pages of RAM and the BIOS's one")
     #expect(try f.read(0, Int(32 * page)) == expectedPhysical(pieces, 0, Int(32 * page)))
     #expect(try f.read(15 * page + 100, 8192) == expectedPhysical(pieces, 15 * page + 100, 8192), "across the node boundary")
     #expect(try f.read(fourGiB - 100, Int(32 * page) + 100) == expectedPhysical(pieces, fourGiB - 100, Int(32 * page) + 100))
@@ -274,12 +274,16 @@ struct PhysmemTests {
     #expect(try f.seek(15 * page, .nextHole) == .lseek(Int64(18 * page)), "node 0's last page runs on into node 1's first two")
     #expect(try f.seek(18 * page, .nextData) == .lseek(Int64(31 * page)))
     #expect(try f.seek(31 * page, .nextHole) == .lseek(Int64(32 * page)), "low RAM ends at lowmem; the hole follows")
-    #expect(try f.seek(32 * page, .nextData) == .lseek(Int64(fourGiB)))
+    // The BIOS sits just below 4 GiB, as the CPU sees it.
+    #expect(try f.seek(32 * page, .nextData) == .lseek(Int64(fourGiB - 4 * page)))
+    #expect(try f.read(fourGiB - 4 * page, Int(page)) == Array(FixtureBlock.pattern(block: "bios", page: 0).prefix(Int(page))))
+    #expect(try f.seek(fourGiB - 4 * page, .nextHole) == .lseek(Int64(fourGiB - 3 * page)))
+    #expect(try f.seek(fourGiB - 3 * page, .nextData) == .lseek(Int64(fourGiB)))
     #expect(try f.seek(fourGiB, .nextHole) == .lseek(Int64(fourGiB + page)))
     #expect(try f.seek(fourGiB + page, .nextData) == .lseek(Int64(fourGiB + 31 * page)))
     let doc = f.info
-    #expect(doc.physmem?.ranges.map(\.block) == [prefix + "ram-node0", prefix + "ram-node1", prefix + "ram-node1"])
-    #expect(doc.physmem?.ranges.map(\.gpa) == [0, 16 * page, fourGiB])
+    #expect(doc.physmem?.ranges.map(\.block) == [prefix + "ram-node0", prefix + "ram-node1", "pc.bios", prefix + "ram-node1"])
+    #expect(doc.physmem?.ranges.map(\.gpa) == [0, 16 * page, fourGiB - 4 * page, fourGiB])
   }
 
   @Test("machines mramfs cannot place have no physmem, and info says why", arguments: [
