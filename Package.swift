@@ -81,6 +81,8 @@ let package = Package(
       dependencies: ["MigrationFormat", "GuestViews", "SaveFilesystem", "MigrationFormatTestSupport", "QEMUFixtures"]),
     .testTarget(
       name: "MountTests",
-      dependencies: ["MigrationFormat", "GuestViews", "SaveFilesystem", "MigrationFormatTestSupport", "QEMUFixtures"]),
+      dependencies: [
+        "MigrationFormat", "GuestViews", "SaveFilesystem", "FUSE", "MigrationFormatTestSupport", "QEMUFixtures", system,
+      ]),
   ]
 )

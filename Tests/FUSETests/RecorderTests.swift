@@ -16,11 +16,21 @@ final class Forgetful: FileSystem {
     while reply.add("name-\(i)", inode: INode(UInt64(i + 10)), type: .regular, nextOffset: Int64(i + 1)) { i += 1 }
     reply.send()
   }
+  /// A file the test writes itself: "0123456789abcdef".
+  static let file: String = {
+    let path = "/tmp/mramfs-recorder-\(getpid()).bin"
+    let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    precondition(fd >= 0, "cannot create \(path)")
+    _ = Array("0123456789abcdef".utf8).withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+    Glibc.close(fd)
+    return path
+  }()
+
   func read(_ request: Request, inode: INode, handle: FileHandle, offset: Int64, size: Int, reply: consuming ReplyData) {
-    // A file segment then a hole: what a spliced block read sends.
-    let fd = FileDescriptor(rawValue: Glibc.open("/etc/passwd", O_RDONLY))
+    // A file segment from an offset, then a hole: what a spliced block read sends.
+    let fd = FileDescriptor(rawValue: Glibc.open(Forgetful.file, O_RDONLY))
     defer { try? fd.close() }
-    reply.segments([DataSegment.file(fd, offset: 0, count: 4), .zeros(3)])
+    reply.segments([DataSegment.file(fd, offset: 10, count: 4), .zeros(3)])
   }
 }
 
@@ -54,7 +64,7 @@ final class Forgetful: FileSystem {
 @Test func segmentsRead() {
   let r = ReplyRecorder()
   Forgetful().read(Request(), inode: .root, handle: .none, offset: 0, size: 100, reply: ReplyData(recordingInto: r, size: 100))
-  #expect(r.last == .data(Array("root".utf8) + [0, 0, 0]))
+  #expect(r.last == .data(Array("abcd".utf8) + [0, 0, 0]))
 }
 
 @Test func xattr() {

@@ -461,6 +461,23 @@ struct WriterTests {
     #expect(diffs.isEmpty, "converted busy classic vs synth mapped-ram: \(WriterCompare.describe(diffs))")
   }
 
+  @Test("convert IN OUT takes its output as qemu-img convert does; -o OUT says the same; both or neither is a usage error")
+  func convertPositionalOutput() throws {
+    let dir = try WriterDirectory()
+    try WriterRun.success(["synth", "-o", dir.file("in.classic"), "--ram", "8M", "--density", "0.3", "--format", "classic"])
+    try WriterRun.success(["convert", dir.file("in.classic"), dir.file("positional.mapped")])
+    try WriterRun.success(["convert", dir.file("in.classic"), "-o", dir.file("option.mapped")])
+    let a = try Data(contentsOf: URL(fileURLWithPath: dir.file("positional.mapped")))
+    let b = try Data(contentsOf: URL(fileURLWithPath: dir.file("option.mapped")))
+    #expect(a == b && !a.isEmpty, "the two spellings write the same file")
+    #expect(try MigrationFile(path: dir.file("positional.mapped")).format == .mappedRAM)
+    let both = try WriterRun.mramfs(["convert", dir.file("in.classic"), dir.file("x"), "-o", dir.file("y")])
+    #expect(both.status == 2 && both.stderr.contains("given twice"), "\(both.stderr)")
+    let neither = try WriterRun.mramfs(["convert", dir.file("in.classic")])
+    #expect(neither.status == 2 && neither.stderr.contains("mramfs convert IN OUT"), "\(neither.stderr)")
+    #expect(dir.listing() == ["in.classic", "option.mapped", "positional.mapped"], "nothing else written")
+  }
+
   @Test("a synth mapped-ram file mounts, and each page's bytes name its block and offset")
   func synthMounts() throws {
     let dir = try WriterDirectory()

@@ -87,7 +87,11 @@ struct RegressionTests {
         if offset >= block.length { break }
       }
     }
-    #expect(!InfoDocument(file).json().isEmpty)
+    // The whole document, parsed back: one entry per block, the file's own format.
+    let json = InfoDocument(file).json()
+    let parsed = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any], "\(json.prefix(200))")
+    #expect((parsed["blocks"] as? [Any])?.count == file.blocks.count)
+    #expect(parsed["format"] as? String == file.format.rawValue)
     if file.format == .classic {
       _ = try? ClassicPageIndex(file: file)
     }
