@@ -19,10 +19,14 @@ extension Mramfs {
         (0000:00:02.0/vga.vram, rom@etc/acpi/tables). info.json at the top is `mramfs info --json`.
 
         physmem at the top is the guest's physical memory as one sparse file: offset N is \
-        guest-physical address N. Main RAM (pc.ram, or the NUMA node blocks ram-node0, \
+        guest-physical address N, holding what the guest's CPU reads there, as QEMU's \
+        dump-guest-memory does. Main RAM (pc.ram, or the NUMA node blocks ram-node0, \
         ram-node1, ... in node order) is placed as QEMU's pc and q35 machines do: the first \
-        lowmem bytes at 0, the rest from 4 GiB; everything else (the PCI hole, the BIOS, device \
-        memory) reads as zeros. It is absent for other machines; `mramfs info` says why.
+        lowmem bytes at 0, the rest from 4 GiB, less the VGA window [0xa0000, 0xc0000) when \
+        there is a VGA device; the BIOS sits just below 4 GiB and VGA RAM at its BAR. \
+        Everything else (the PCI hole, MMIO, option ROMs) reads as zeros. vmcore at the top is \
+        the same memory as an ELF core file for gdb, crash and Volatility. Both are absent for \
+        other machines; `mramfs info` says why.
 
         The command returns once the mount is ready and keeps serving in the background; \
         unmount with `mramfs unmount DIR` or `fusermount3 -u DIR`. With -f it stays in the \
