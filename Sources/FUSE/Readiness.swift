@@ -41,65 +41,10 @@ final class ReadinessProbe: Sendable {
   func probe() {
     var st = stat()
     guard stat(mountpoint, &st) == 0 else { return }
-    guard loopEnded.load(ordering: .acquiring) == 0,
-      let device = ReadinessProbe.device(of: mountpoint),
-      device.number == st.st_dev
+    guard loopEnded.load(ordering: .acquiring) == 0, let entry = MountTable.entry(at: mountpoint),
+      entry.type.hasPrefix("fuse"), entry.deviceNumber == st.st_dev
     else { return }
-    callback(MountedDevice(device: device.name, mountpoint: mountpoint))
-  }
-
-  /// The device of the newest mount on `mountpoint` in `/proc/self/mountinfo`, if it is a FUSE mount.
-  static func device(of mountpoint: String) -> (name: String, number: UInt)? {
-    guard let text = readSmallFile("/proc/self/mountinfo") else { return nil }
-    var found: (String, UInt)? = nil
-    for line in text.split(separator: "\n") {
-      // Fields: id parent major:minor root mountpoint options ... - fstype source superoptions
-      let f = line.split(separator: " ")
-      guard f.count > 6, unescapeMountinfo(f[4]) == mountpoint,
-        let dash = f.firstIndex(of: "-"), dash + 1 < f.count, f[dash + 1].hasPrefix("fuse")
-      else { continue }
-      let mm = f[2].split(separator: ":")
-      guard mm.count == 2, let major = UInt32(mm[0]), let minor = UInt32(mm[1]) else { continue }
-      found = (String(f[2]), makeDevice(major: major, minor: minor))
-    }
-    return found
-  }
-
-  /// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
-  static func unescapeMountinfo(_ field: Substring) -> String {
-    var out: [UInt8] = []
-    let b = Array(field.utf8)
-    var i = 0
-    while i < b.count {
-      if b[i] == UInt8(ascii: "\\"), i + 3 < b.count,
-        let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8)
-      {
-        out.append(v)
-        i += 4
-      } else {
-        out.append(b[i])
-        i += 1
-      }
-    }
-    return String(decoding: out, as: UTF8.self)
-  }
-
-  /// Reads a small text file such as `/proc/self/mountinfo` (at most 4 MiB).
-  static func readSmallFile(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while bytes.count < 4 << 20 {
-      let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-      if n > 0 {
-        bytes += chunk[0..<n]
-      } else if n == 0 || errno != EINTR {
-        break
-      }
-    }
-    return String(decoding: bytes, as: UTF8.self)
+    callback(MountedDevice(device: entry.device, mountpoint: mountpoint))
   }
 }
 

@@ -11,7 +11,7 @@ public enum StreamFormat: String, Sendable, Codable {
   /// A classic sequential stream: pages are records inside the stream.
   case classic = "classic"
 
-  /// Whether pages sit at fixed offsets, so the file can be mounted directly.
+  /// Whether pages sit at fixed offsets, so a page can be read in place without replaying records.
   public var isPositional: Bool { self != .classic }
 }
 
@@ -52,7 +52,7 @@ public struct BlockName: Sendable, Hashable, CustomStringConvertible {
 public struct RAMBlock: Sendable {
   /// The block's name (`pc.ram`, `0000:00:02.0/vga.vram`, `/rom@etc/acpi/tables`).
   public let name: BlockName
-  /// The block's used length in bytes: the size of its file in a mount.
+  /// The block's used length in bytes (QEMU's `used_length`).
   public let length: UInt64
   /// The page size of the bitmap and pages region.
   public let pageSize: UInt64

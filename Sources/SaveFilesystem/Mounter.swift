@@ -173,7 +173,7 @@ public enum Mounter {
     guard let real = resolvedPath(mountpoint) else {
       throw MountFailure("\(shown): \(Errno(rawValue: errno)); give the directory of an mramfs mount")
     }
-    guard let type = mountType(at: real) else {
+    guard let type = MountTable.entry(at: real)?.type else {
       throw MountFailure("\(shown) is not a mount point; nothing to unmount")
     }
     guard type == "fuse.mramfs" else {
@@ -207,41 +207,6 @@ public enum Mounter {
     guard let cwd = getcwd(nil, 0) else { return nil }
     defer { free(cwd) }
     return String(cString: cwd) + "/" + path
-  }
-
-  /// The file system type of the newest mount whose mount point is exactly `path`, from
-  /// `/proc/self/mountinfo`; nil when `path` is not a mount point.
-  static func mountType(at path: String) -> String? {
-    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
-    var type: String? = nil
-    for line in text.split(separator: "\n") {
-      // Fields: id parent major:minor root mountpoint options ... - fstype source superoptions
-      let f = line.split(separator: " ")
-      guard f.count > 6, unescapeMountinfo(f[4]) == path, let dash = f.firstIndex(of: "-"), dash + 1 < f.count else {
-        continue
-      }
-      type = String(f[dash + 1])
-    }
-    return type
-  }
-
-  /// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
-  static func unescapeMountinfo(_ field: Substring) -> String {
-    var out: [UInt8] = []
-    let b = Array(field.utf8)
-    var i = 0
-    while i < b.count {
-      if b[i] == UInt8(ascii: "\\"), i + 3 < b.count,
-        let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8)
-      {
-        out.append(v)
-        i += 4
-      } else {
-        out.append(b[i])
-        i += 1
-      }
-    }
-    return String(decoding: out, as: UTF8.self)
   }
 
   /// Whether `path` is a FUSE mount whose daemon is gone ("Transport endpoint is not connected").
