@@ -101,6 +101,31 @@ public final class MigrationFile: Sendable {
     ramListEnd = p.ramListEnd
   }
 
+  /// A view of `other` whose RAM blocks are `blocks`: the same open file, stream records and
+  /// device state (how ``SaveDiff/delta()`` makes a delta view).
+  init(_ other: MigrationFile, blocks: [RAMBlock]) {
+    file = other.file
+    options = other.options
+    libvirt = other.libvirt
+    streamOffset = other.streamOffset
+    machineType = other.machineType
+    capabilities = other.capabilities
+    uuid = other.uuid
+    targetPageBits = other.targetPageBits
+    format = other.format
+    memorySize = other.memorySize
+    self.blocks = blocks
+    ramSectionID = other.ramSectionID
+    records = other.records
+    devices = other.devices
+    vmDescription = other.vmDescription
+    vmDescriptionOffset = other.vmDescriptionOffset
+    devicesUnavailableReason = other.devicesUnavailableReason
+    isComplete = other.isComplete
+    warnings = other.warnings
+    ramListEnd = other.ramListEnd
+  }
+
   /// The index of the block named `name`, if any.
   public func blockIndex(named name: String) -> Int? {
     blocks.firstIndex { $0.name.bytes.elementsEqual(name.utf8) }

@@ -68,17 +68,36 @@ public struct RAMBlock: Sendable {
   public let bitmapSize: UInt64
   /// Absolute offset of page 0, for positional formats.
   public let pagesOffset: UInt64
-  /// Which pages the file holds; nil for classic streams.
+  /// Which pages the file holds; nil for classic streams. Reads serve these pages from the
+  /// file and zeros for the others.
   public let bitmap: PageBitmap?
+  /// Which pages count as data for `SEEK_DATA`/`SEEK_HOLE` (``MigrationFile/nextData(block:from:)``)
+  /// and `st_blocks` (``populatedPages``) when that is not ``bitmap``; nil means ``bitmap``.
+  ///
+  /// Set only in a delta view (``SaveDiff/delta()``): there it is the pages that changed since
+  /// the base, which include pages that changed to zeros and so read as zeros.
+  public internal(set) var extentMap: PageBitmap? = nil
 
   /// Number of pages in the block.
   public var pageCount: UInt64 { length / pageSize }
-  /// Number of pages whose bytes are in the file, or nil for classic streams.
-  public var populatedPages: UInt64? { bitmap?.populated }
+  /// Number of pages that hold data: set in ``extentMap``, else in ``bitmap``; nil for classic streams.
+  ///
+  /// For a file as saved, the pages whose bytes are in the file.
+  public var populatedPages: UInt64? { (extentMap ?? bitmap)?.populated }
   /// Whether page `page` is in the file.
   @inlinable public func isPresent(page: UInt64) -> Bool { bitmap?.isSet(page) ?? false }
   /// The absolute file offset of page `page` (meaningful when it is present).
   @inlinable public func fileOffset(ofPage page: UInt64) -> UInt64 { pagesOffset + page * pageSize }
+
+  /// This block with reads served from `served`'s pages only and `extents` as its data pages
+  /// (``extentMap``); both must have ``pageCount`` pages.
+  public func masked(serving served: PageBitmap, extents: PageBitmap) -> RAMBlock {
+    precondition(served.pageCount == pageCount && extents.pageCount == pageCount, "bitmaps of another size")
+    return RAMBlock(
+      name: name, length: length, pageSize: pageSize, entryOffset: entryOffset, headerOffset: headerOffset,
+      mrAddr: mrAddr, bitmapOffset: bitmapOffset, bitmapSize: bitmapSize, pagesOffset: pagesOffset,
+      bitmap: served, extentMap: extents)
+  }
 }
 
 /// The libvirt save header in front of a stream (`virQEMUSaveHeader`).

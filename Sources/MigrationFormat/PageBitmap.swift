@@ -98,6 +98,34 @@ public final class PageBitmap: @unchecked Sendable {
     words.initialize(to: 0)
   }
 
+  /// Takes ownership of `words` (`(pageCount + 63) / 64` of them, at least one, allocated with
+  /// `UnsafeMutablePointer.allocate`): bit *i* of word *w* is page *64w + i*. Padding bits past
+  /// `pageCount` are cleared.
+  init(pageCount: UInt64, adopting words: UnsafeMutablePointer<UInt64>) {
+    self.pageCount = pageCount
+    let n = Int((pageCount + 63) / 64)
+    wordCount = n
+    self.words = words
+    if n > 0 && pageCount % 64 != 0 { words[n - 1] &= (1 << (pageCount % 64)) - 1 }
+    var count: UInt64 = 0
+    for w in 0..<n { count += UInt64(words[w].nonzeroBitCount) }
+    populated = count
+  }
+
+  /// The pages set in both this bitmap and `other`, which must have as many pages.
+  public func intersection(_ other: PageBitmap) -> PageBitmap {
+    precondition(other.pageCount == pageCount, "intersection of bitmaps of \(pageCount) and \(other.pageCount) pages")
+    let n = Int((pageCount + 63) / 64)
+    let out = UnsafeMutablePointer<UInt64>.allocate(capacity: max(n, 1))
+    out.initialize(repeating: 0, count: max(n, 1))
+    for w in 0..<n { out[w] = wordOrZero(w) & other.wordOrZero(w) }
+    return PageBitmap(pageCount: pageCount, adopting: out)
+  }
+
+  /// Word `i` (pages `64i ..< 64i + 64`), or zero for a bitmap without storage (``init(allClear:)``).
+  @inline(__always)
+  func wordOrZero(_ i: Int) -> UInt64 { i < wordCount ? words[i] : 0 }
+
   /// Creates a bitmap from an array of bytes in the given layout.
   public static func from(pageCount: UInt64, bytes: [UInt8], layout: BitmapLayout = .littleEndian64) -> PageBitmap {
     bytes.withUnsafeBytes { PageBitmap(pageCount: pageCount, bytes: $0, layout: layout) }

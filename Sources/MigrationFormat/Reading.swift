@@ -63,10 +63,11 @@ extension MigrationFile {
 
   /// The first offset at or after `offset` in block `index` that holds data, or nil past the last data.
   ///
+  /// Data is the block's ``RAMBlock/extentMap`` when it has one (a delta view), else its bitmap.
   /// Costs O(bitmap words scanned), never O(pages).
   public func nextData(block index: Int, from offset: UInt64) -> UInt64? {
     let block = blocks[index]
-    guard offset < block.length, let bitmap = block.bitmap else { return nil }
+    guard offset < block.length, let bitmap = block.extentMap ?? block.bitmap else { return nil }
     let page = offset / block.pageSize
     if bitmap.isSet(page) { return offset }
     return bitmap.nextSet(from: page + 1).map { $0 * block.pageSize }
@@ -75,10 +76,11 @@ extension MigrationFile {
   /// The first offset at or after `offset` in block `index` that is a hole; the block's length if none.
   ///
   /// Like `SEEK_HOLE`, the end of the block counts as a hole. Returns nil when `offset` is past the end.
+  /// Data is the block's ``RAMBlock/extentMap`` when it has one, as for ``nextData(block:from:)``.
   public func nextHole(block index: Int, from offset: UInt64) -> UInt64? {
     let block = blocks[index]
     guard offset < block.length else { return nil }
-    guard let bitmap = block.bitmap else { return block.length }
+    guard let bitmap = block.extentMap ?? block.bitmap else { return block.length }
     let page = offset / block.pageSize
     if !bitmap.isSet(page) { return offset }
     return bitmap.nextClear(from: page + 1).map { $0 * block.pageSize } ?? block.length
