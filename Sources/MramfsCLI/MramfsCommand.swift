@@ -22,15 +22,18 @@ struct Mramfs: ParsableCommand {
         mramfs mount vm.sav /mnt/vm            one sparse file per RAM block
         strings /mnt/vm/pc.ram | grep -i password
         mramfs unmount /mnt/vm
+        mramfs diff before.sav after.sav        which pages changed between two saves
 
       `mramfs FILE DIR -o OPTIONS` (no subcommand) mounts too, so that \
       `mount -t fuse.mramfs FILE DIR` and fstab lines work through mount.fuse3.
 
       Exit status: 0 on success, 1 when the file is damaged or cannot be read, \
-      2 for a usage error.
+      2 for a usage error; `diff` exits as cmp does: 0 identical, 1 different, 2 trouble.
       """,
     version: mramfsVersion,
-    subcommands: [Mount.self, Info.self, Translate.self, Unmount.self, Create.self, Convert.self, Synth.self],
+    subcommands: [
+      Mount.self, Info.self, Diff.self, Translate.self, Unmount.self, Create.self, Convert.self, Synth.self,
+    ],
     defaultSubcommand: Mount.self
   )
 }
