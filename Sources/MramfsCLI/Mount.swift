@@ -49,6 +49,11 @@ extension Mramfs {
           lowmem=SIZE          RAM below 4 GiB in physmem (3G, 0xc0000000), for a
                                guest started with -machine max-ram-below-4g=SIZE
                                (default: the machine type's rule)
+          base=FILE            a delta mount: serve only the pages that changed
+                               since the save FILE (see mramfs diff); the rest
+                               is holes; info.json names the base
+          base-mismatch=ok     with base=, mount the blocks that match the base's
+                               (name and size) instead of refusing
           nofollow             refuse an image path that is a symlink
           force                open an interrupted save (as --force)
           ro, rw, dev, suid, exec, atime, _netdev, nofail, defaults, x-*:
@@ -155,6 +160,8 @@ extension Mramfs {
       request.fuseOptions = mountOptions.fuseOptions
       request.threads = mountOptions.threads
       request.debug = debug
+      request.base = mountOptions.base
+      request.baseMismatchOK = mountOptions.baseMismatchOK
       return request
     }
   }
@@ -173,6 +180,10 @@ struct MountOptions {
   var lowmem: UInt64?
   /// Options passed to libfuse unchanged.
   var fuseOptions: [String] = []
+  /// `base=FILE`: a delta mount against FILE.
+  var base: String?
+  /// `base-mismatch=ok`: with a base, mount the matching blocks only.
+  var baseMismatchOK = false
 
   /// Options mount(8) and fstab add that mean nothing to a read-only FUSE mount.
   static let ignored: Set<String> = [
@@ -244,6 +255,11 @@ struct MountOptions {
       } catch {
         throw invalid(error.description)
       }
+    case "base":
+      base = try required(key, value, "FILE")
+    case "base-mismatch":
+      guard try required(key, value, "ok") == "ok" else { throw invalid("expected ok") }
+      baseMismatchOK = true
     case "allow_other", "allow_root", "default_permissions", "auto_unmount":
       fuseOptions.append(key)
     case "fsname", "subtype", "max_read":

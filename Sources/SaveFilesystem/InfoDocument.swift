@@ -67,9 +67,12 @@ public struct InfoDocument: Codable, Sendable {
   /// Why there is no `physmem` view, when there is none.
   public var physmemUnavailable: String?
   public var warnings: [String]
+  /// In a delta mount (`-o base=`), the base it serves the changes since.
+  public var base: Base?
 
-  /// Describes `file`; `lowmem` overrides the machine's RAM split below 4 GiB for ``physmem``.
-  public init(_ file: MigrationFile, lowmem: UInt64? = nil) {
+  /// Describes `file`; `lowmem` overrides the machine's RAM split below 4 GiB for ``physmem``;
+  /// `base` is what a delta mount of `file` was taken against.
+  public init(_ file: MigrationFile, lowmem: UInt64? = nil, base: Base? = nil) {
     self.file = file.path
     fileSize = file.file.size
     streamOffset = file.streamOffset
@@ -114,6 +117,7 @@ public struct InfoDocument: Codable, Sendable {
     case .failure(let why): physmemUnavailable = why.reason
     }
     warnings = file.warnings
+    self.base = base
   }
 
   /// The document as pretty-printed JSON with sorted keys, ending in a newline.
@@ -142,6 +146,47 @@ extension InfoDocument {
       lowmem = layout.lowmem
       ranges = layout.ranges.map {
         Range(gpa: $0.gpa, block: file.blocks[$0.block].name.description, blockOffset: $0.blockOffset, length: $0.length)
+      }
+    }
+  }
+}
+
+extension InfoDocument {
+  /// What a delta mount (`-o base=`) was taken against: its blocks serve the pages that
+  /// changed since the base (``SaveDiff/delta()``). In such a mount `populatedPages` counts
+  /// those pages.
+  public struct Base: Codable, Sendable {
+    /// A block left out of the mount: the two files do not both have it at one size.
+    public struct Mismatch: Codable, Sendable {
+      /// The block's name.
+      public var name: String
+      /// `onlyInA` (only in the base), `onlyInB` (only in the mounted file) or `sizeDiffers`,
+      /// as `mramfs diff BASE FILE` says.
+      public var status: SaveDiff.Status
+      /// Its length in the base, if the base has it.
+      public var lengthInA: UInt64?
+      /// Its length in the mounted file, if that has it.
+      public var lengthInB: UInt64?
+    }
+    /// The base file, as given.
+    public var file: String
+    /// The base file's size in bytes.
+    public var fileSize: UInt64
+    /// Pages that changed since the base, over the blocks mounted: the mount's data pages.
+    public var changedPages: UInt64
+    /// Bytes in those pages.
+    public var changedBytes: UInt64
+    /// Blocks left out (`-o base-mismatch=ok`); empty when every block matched.
+    public var mismatchedBlocks: [Mismatch]
+
+    /// Describes the base of `diff` (A, the base; B, the mounted file).
+    public init(_ diff: SaveDiff) {
+      file = diff.a.path
+      fileSize = diff.a.file.size
+      changedPages = diff.changedPages
+      changedBytes = diff.changedBytes
+      mismatchedBlocks = diff.mismatchedBlocks.map {
+        Mismatch(name: $0.name.description, status: $0.status, lengthInA: $0.lengthInA, lengthInB: $0.lengthInB)
       }
     }
   }

@@ -24,6 +24,11 @@ public struct MountRequest: Sendable {
   public var threads = 8
   /// Log every FUSE request (libfuse's `-d`) and keep standard error open.
   public var debug = false
+  /// A delta mount's base (`-o base=`): the mount serves only what changed since this file
+  /// (``DeltaMount``); nil for a plain mount.
+  public var base: String? = nil
+  /// Mount the blocks that match the base's when some do not (`-o base-mismatch=ok`), instead of refusing.
+  public var baseMismatchOK = false
 
   /// A request to mount `image` on `mountpoint` with the defaults.
   public init(image: String, mountpoint: String) {
@@ -124,9 +129,15 @@ public enum Mounter {
         "\(request.image) is a classic (sequential) stream; its pages are not at fixed offsets. "
           + "Convert it first: mramfs convert \(request.image) OUT.mapped, then mount OUT.mapped")
     }
+    // A delta mount serves a view of the file, built here once: reads cost what they cost without a base.
+    var served = migration
+    var base: InfoDocument.Base? = nil
+    if let basePath = request.base {
+      (served, base) = try DeltaMount.view(of: migration, base: basePath, request)
+    }
     var logger = Logger(label: "mramfs")
     logger.logLevel = request.debug ? .debug : .info
-    let fs = MramFileSystem(file: migration, configuration: request.configuration, logger: logger)
+    let fs = MramFileSystem(file: served, configuration: request.configuration, logger: logger, base: base)
     var fuseOptions = [
       "ro", "fsname=\(fsname(request.image))", "subtype=mramfs", "max_read=\(request.configuration.maxRead)",
     ]

@@ -66,12 +66,18 @@ public final class MramFileSystem: FileSystem {
   let vmcore: ELFCore?
 
   /// Builds the namespace for `file`; cost O(blocks).
-  public init(file: MigrationFile, configuration: MountConfiguration = MountConfiguration(), logger: Logger) {
+  ///
+  /// - Parameter base: For a delta mount (`file` is a ``SaveDiff/delta()`` view), what it was
+  ///   taken against, for `info.json`.
+  public init(
+    file: MigrationFile, configuration: MountConfiguration = MountConfiguration(), logger: Logger,
+    base: InfoDocument.Base? = nil
+  ) {
     self.file = file
     self.configuration = configuration
     self.logger = logger
     let paths = BlockPaths.assign(file.blocks.map(\.name))
-    let info = Array(InfoDocument(file, lowmem: configuration.lowmem).json().utf8)
+    let info = Array(InfoDocument(file, lowmem: configuration.lowmem, base: base).json().utf8)
     physmem = file.format.isPositional ? try? PhysicalLayout(file, lowmem: configuration.lowmem) : nil
     vmcore = physmem == nil ? nil : try? ELFCore.resolve(file, layout: physmem).get()
     tree = Tree(
