@@ -55,12 +55,12 @@ extension Mramfs {
     var stat = false
 
     @Option(help: "Threads that read and compare pages (default: the number of CPUs).")
-    var threads: Int = SaveDiff.defaultThreads
+    var threads: Int?
 
     @OptionGroup var options: FileOptions
 
     func validate() throws {
-      guard (1...256).contains(threads) else { throw ValidationError("--threads must be between 1 and 256") }
+      if let threads, !(1...256).contains(threads) { throw ValidationError("--threads must be between 1 and 256") }
     }
 
     func run() throws {
@@ -80,7 +80,7 @@ extension Mramfs {
       }
       let diff: SaveDiff
       do {
-        diff = try SaveDiff(fileA, fileB, threads: threads, progress: report)
+        diff = try SaveDiff(fileA, fileB, threads: threads ?? SaveDiff.defaultThreads, progress: report)
       } catch {
         if shown.value.load(ordering: .relaxed) { bar?.finish() }
         printError("error: \(error)")
