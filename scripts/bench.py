@@ -11,6 +11,8 @@ Sections:
          for page cache/direct_io x read=pread/splice
   scale  1 TiB synthetic guest: synth, info, mount->ls time, daemon RSS, cp --sparse
   write  mramfs create / convert vs cp (+fsync) of the same bytes
+  diff   mramfs diff of two synthetic saves (5 GiB, ~200 MiB of data each) vs `cat A B > /dev/null`
+         of the same two files, with their page cache warm and evicted
 """
 
 import argparse
@@ -48,7 +50,7 @@ class Bench:
         self.work = args.work
         self.shm = args.shm
         self.mounts = set()
-        self.results = {"meta": {}, "read": {}, "scale": {}, "write": {}, "checks": []}
+        self.results = {"meta": {}, "read": {}, "scale": {}, "write": {}, "diff": {}, "checks": []}
         self.mount_times = []
 
     # ---------------------------------------------------------------- utilities
@@ -557,6 +559,90 @@ class Bench:
             f"(of input), cp+fsync {W['convert']['cp_fsync']['MBps']:.0f} MB/s")
         os.unlink(classic)
 
+    # ---------------------------------------------------------- diff section
+    @staticmethod
+    def evict(*paths):
+        """Drops these files' pages from the page cache (only theirs: other work keeps its cache)."""
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+    def timed_diff(self, a, b):
+        """Seconds of `mramfs diff --stat A B` and its exit status (1: they differ)."""
+        t = time.perf_counter()
+        p = subprocess.run([self.bin, "diff", "--stat", a, b], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        dt = time.perf_counter() - t
+        if p.returncode not in (0, 1):
+            raise RuntimeError(f"mramfs diff failed ({p.returncode}): {p.stderr.strip()}")
+        return dt, p
+
+    def timed_cat(self, a, b):
+        t = time.perf_counter()
+        subprocess.run(f"cat '{a}' '{b}' > /dev/null", shell=True, check=True)
+        return time.perf_counter() - t
+
+    def diff_section(self):
+        log("== diff ==")
+        D = self.results["diff"]
+        ram, density, reps = self.a.diff_ram, self.a.diff_density, self.a.reps
+        a = os.path.join(self.work, "diff-a.mapped")
+        dt, s = self.synth(a, ram, density, ["--seed", "1"])
+        D.update({"ram": ram, "density": density, "populated_pages": s["populatedPages"], "synth_s": dt})
+        info = self.info_json(a)
+        blk = [x for x in info["blocks"] if x["name"] == "pc.ram"][0]
+        with open(a, "rb") as f:
+            f.seek(blk["bitmapOffset"])
+            bitmap = f.read(blk["bitmapSize"])
+        populated = [i * 8 + j for i, byte in enumerate(bitmap) if byte for j in range(8) if byte >> j & 1]
+        # edited: a copy of A with 1% of its populated pages rewritten in place and 0.5% of its bits
+        # cleared (their bytes left behind): what one guest saved twice looks like.
+        edited = os.path.join(self.work, "diff-edited.mapped")
+        self.sh(["cp", "--sparse=always", a, edited])
+        rng = random.Random(7)
+        with open(edited, "r+b") as f:
+            for p in populated[::100]:
+                f.seek(blk["pagesOffset"] + p * 4096)
+                f.write(rng.randbytes(4096))
+            cleared = bytearray(bitmap)
+            for p in populated[50::200]:
+                cleared[p // 8] &= ~(1 << (p % 8)) & 0xFF
+            f.seek(blk["bitmapOffset"])
+            f.write(bytes(cleared))
+        expected_changed = len(set(populated[::100]) | set(populated[50::200]))
+        # reseeded: another synthetic guest of the same size: every populated page of either differs.
+        reseeded = os.path.join(self.work, "diff-reseeded.mapped")
+        self.synth(reseeded, ram, density, ["--seed", "2"])
+        for case, b in (("edited", edited), ("reseeded", reseeded)):
+            _, p = self.timed_diff(a, b)
+            line = [x for x in p.stdout.splitlines() if x.startswith("pc.ram")][0].split()
+            changed = int(line[line.index("changed") + 1])
+            if case == "edited":
+                self.check("diff finds the edited pages", changed == expected_changed, f"{changed} vs {expected_changed}")
+            C = {"changed_pages": changed, "data_bytes": os.stat(a).st_blocks * 512 + os.stat(b).st_blocks * 512,
+                 "apparent_bytes": os.path.getsize(a) + os.path.getsize(b)}
+            for temp in ("warm", "cold"):
+                diffs, cats = [], []
+                if temp == "warm":
+                    self.timed_cat(a, b)
+                for _ in range(reps):
+                    if temp == "cold":
+                        self.evict(a, b)
+                    cats.append(self.timed_cat(a, b))
+                    if temp == "cold":
+                        self.evict(a, b)
+                    diffs.append(self.timed_diff(a, b)[0])
+                C[temp] = {"diff": self.summarize(diffs), "cat": self.summarize(cats),
+                           "ratio": statistics.median(diffs) / statistics.median(cats)}
+                log(f"  {case} {temp}: diff {C[temp]['diff']['median_s']:.3f} s, cat A B {C[temp]['cat']['median_s']:.3f} s "
+                    f"-> {C[temp]['ratio']:.3f}x")
+            D[case] = C
+            os.unlink(b)
+        os.unlink(a)
+
     # ----------------------------------------------------------------- report
     def report(self):
         R = self.results
@@ -647,6 +733,22 @@ class Bench:
                   f"target >= 0.7x")
             if "classic_synth_s" in W:
                 p(f"  (synth of the classic input: {W['classic_synth_s']:.1f} s)")
+        if R["diff"]:
+            D = R["diff"]
+            p(f"\nDIFF two synthetic {D['ram']} saves, density {D['density']} ({D['populated_pages']} pages, "
+              f"{D['populated_pages'] * 4096 / MiB:.0f} MiB of data each); median of {self.a.reps}; "
+              "baseline: cat A B > /dev/null of the same two files (reads every byte, holes included)")
+            for case in ("edited", "reseeded"):
+                if case not in D:
+                    continue
+                C = D[case]
+                what = ("B = A with 1% of its pages rewritten and 0.5% of its bits cleared" if case == "edited"
+                        else "B = another guest (other seed): every populated page differs")
+                p(f"  {case:<9} {what}; {C['changed_pages']} pages changed")
+                for temp in ("warm", "cold"):
+                    x = C[temp]
+                    p(f"    {temp:<5} diff {x['diff']['median_s']:.3f} s ({x['diff']['min_s']:.3f}-{x['diff']['max_s']:.3f}), "
+                      f"cat {x['cat']['median_s']:.2f} s -> diff/cat {x['ratio']:.3f}x (target: well below 1.0)")
         if self.mount_times:
             ms = sorted(x[0] for x in self.mount_times)
             p(f"\nall {len(ms)} mounts: `mramfs mount` returned in {statistics.median(ms):.3f} s median "
@@ -669,7 +771,7 @@ def main():
     ap.add_argument("--shm", required=True, help="scratch directory on tmpfs")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print the results as JSON on stdout (the table goes to stderr)")
-    ap.add_argument("--sections", default="read,scale,write")
+    ap.add_argument("--sections", default="read,scale,write,diff")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--densities", default="1.0,0.3")
     ap.add_argument("--read-ram", default="2G")
@@ -679,6 +781,8 @@ def main():
     ap.add_argument("--scale-density", type=float, default=0.0001)
     ap.add_argument("--scale-small-ram", default="16G", help="a small guest at the same density, for comparison")
     ap.add_argument("--classic-ram", default="1G")
+    ap.add_argument("--diff-ram", default="5G")
+    ap.add_argument("--diff-density", type=float, default=0.04, help="0.04 of 5 GiB is about 200 MiB of data")
     a = ap.parse_args()
     a.modes = [m for m in a.modes.split(",") if m]
     for m in a.modes:
@@ -712,6 +816,8 @@ def main():
             timed("write", b.write_section)
         if "scale" in sections:
             timed("scale", b.scale_section)
+        if "diff" in sections:
+            timed("diff", b.diff_section)
     finally:
         b.cleanup()
     b.results["meta"]["seconds"] = time.perf_counter() - t0

@@ -8,7 +8,8 @@
 #
 # Sections: read (mount vs pread of the image, page cache/direct_io x read=pread/splice,
 # 2 GiB at density 1.0 and 0.3), write (create/convert vs cp + fsync), scale (1 TiB
-# synthetic guest: mount time, RSS, cp --sparse). See scripts/bench.py --help.
+# synthetic guest: mount time, RSS, cp --sparse), diff (mramfs diff of two 5 GiB saves vs
+# cat A B > /dev/null). See scripts/bench.py --help.
 #
 # Builds mramfs in release mode (scratch path .build-bench, so it does not disturb
 # other builds), works in a temporary directory on the disk of $MRAMFS_BENCH_DIR
