@@ -211,7 +211,9 @@ struct DiffText {
     var out = table(rows, rightAligned: [1, 3, 4, 5])
     out += summary(ranges: counts.reduce(0, +)) + "\n"
     switch physical {
-    case .success(let r): if ranges, !diff.isIdentical, !r.isEmpty { out += "physical: \(r.count) range\(r.count == 1 ? "" : "s") of guest-physical memory (physmem offsets)\n" }
+    case .success(let r) where ranges && !r.isEmpty:
+      out += "physical: \(r.count) range\(r.count == 1 ? "" : "s") of guest-physical memory (physmem offsets)\n"
+    case .success: break
     case .failure(let why): out += "physical: none (\(why.reason))\n"
     }
     guard ranges else { return out }
