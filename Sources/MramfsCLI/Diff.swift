@@ -54,14 +54,10 @@ extension Mramfs {
     @Flag(help: "Stop after the per-block counts and the total: no ranges.")
     var stat = false
 
-    @Option(help: "Threads that read and compare pages (default: the number of CPUs).")
+    @Option(help: "Threads that read and compare pages, 1 to 1024 (default: the number of CPUs).", transform: ArgumentValue.threads)
     var threads: Int?
 
     @OptionGroup var options: FileOptions
-
-    func validate() throws {
-      if let threads, !(1...256).contains(threads) { throw ValidationError("--threads must be between 1 and 256") }
-    }
 
     func run() throws {
       let fileA = try open(a)

@@ -218,6 +218,9 @@ struct MountOptions {
         try apply(key, value, part)
       }
     }
+    if baseMismatchOK && base == nil {
+      throw ValidationError("-o base-mismatch=ok applies to a delta mount: give base=FILE too")
+    }
   }
 
   /// The value of `key=VALUE`, or a usage error saying it is missing.

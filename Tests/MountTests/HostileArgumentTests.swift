@@ -138,6 +138,7 @@ enum HostileValues {
   static let mountOptions: [String] = {
     var out = ["=", "=x", ",=", "uid", "gid", "threads", "lowmem", "read", "read=", "read=mmap", "uid=", "direct_io=1",
       "force=yes", "allow_other=1", "max_read=4096", "fsname=x", "subtype=y", "bogus", "ro=1", "nofollow=",
+      "base", "base=", "base-mismatch", "base-mismatch=", "base-mismatch=yes", "base-mismatch=ok,base=", "base-mismatch=ok",
       String(repeating: "o", count: 10_000), "uid=\n", "\u{1b}"]
     for key in ["uid", "gid", "threads", "lowmem"] {
       for v in numbers where !v.contains(",") { out.append("\(key)=\(v)") }
@@ -188,6 +189,15 @@ extension HostileCase {
       ["mount", s.image, s.mountpoint, "--ready-fd", $0]
     }
     add("FILE DIR -o (mount.fuse3 form)", HostileValues.mountOptions.prefix(40).map { $0 }) { [s.image, s.mountpoint, "-o", $0] }
+    // diff (exit 2 for trouble, as cmp)
+    add("diff A", HostileValues.inputPaths(s) + [s.classic]) { ["diff", $0, s.image] }
+    add("diff B", HostileValues.inputPaths(s) + [s.classic]) { ["diff", s.image, $0] }
+    add("diff --threads", numbers + ["0", "1025"]) { ["diff", s.image, s.image, "--threads", $0] }
+    add("diff --offset", numbers) { ["diff", s.image, s.image, "--offset", $0] }
+    add("diff --bitmap-layout", HostileValues.words) { ["diff", s.image, s.image, "--bitmap-layout", $0] }
+    add("mount -o base=", HostileValues.inputPaths(s).filter { !$0.contains(",") } + [s.classic]) {
+      ["mount", s.image, s.mountpoint, "-o", "base=\($0)"]
+    }
     // unmount
     add("unmount MOUNTPOINT", HostileValues.mountpoints(s) + [s.directory]) { ["unmount", $0] }
     // create
