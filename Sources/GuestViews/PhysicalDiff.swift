@@ -1,12 +1,13 @@
 import MigrationFormat
 
 extension SaveDiff {
-  /// The changed pages of main RAM as guest-physical address ranges: offsets in a mount's
-  /// `physmem`, in address order, adjacent ranges merged.
+  /// The changed pages as guest-physical address ranges: offsets in a mount's `physmem`
+  /// (main RAM, the BIOS, VGA RAM, as ``PhysicalLayout`` places them), in address order,
+  /// adjacent ranges merged.
   ///
-  /// Only when both files place main RAM the same way (``PhysicalLayout``: the same blocks,
-  /// at the same addresses, in the same pieces); otherwise ``PhysicalLayout/Unavailable`` says
-  /// why. `lowmem` overrides the machine type's split for both, as `mount -o lowmem=` does.
+  /// Only when both files lay out guest-physical memory the same way (the same blocks, at the
+  /// same addresses, in the same pieces); otherwise ``PhysicalLayout/Unavailable`` says why.
+  /// `lowmem` overrides the machine type's split for both, as `mount -o lowmem=` does.
   public func physicalRanges(lowmem: UInt64? = nil) -> Result<[Range<UInt64>], PhysicalLayout.Unavailable> {
     let layoutA: PhysicalLayout
     let layoutB: PhysicalLayout
@@ -25,7 +26,7 @@ extension SaveDiff {
     guard piecesA == piecesB else {
       return .failure(
         PhysicalLayout.Unavailable(
-          "the two files place main RAM differently: \(piecesA.joined(separator: "; ")) in \(a.path), "
+          "the two files lay out guest-physical memory differently: \(piecesA.joined(separator: "; ")) in \(a.path), "
             + "\(piecesB.joined(separator: "; ")) in \(b.path)"))
     }
     var changedInB: [Int: PageBitmap] = [:]

@@ -80,10 +80,13 @@ public struct RAMBlock: Sendable {
 
   /// Number of pages in the block.
   public var pageCount: UInt64 { length / pageSize }
-  /// Number of pages that hold data: set in ``extentMap``, else in ``bitmap``; nil for classic streams.
+  /// The pages that hold data for `SEEK_DATA`/`SEEK_HOLE` and `st_blocks`: ``extentMap``, else
+  /// ``bitmap``; nil for classic streams. Views that count or seek data use this, reads use ``bitmap``.
+  public var dataPages: PageBitmap? { extentMap ?? bitmap }
+  /// Number of pages that hold data (``dataPages``); nil for classic streams.
   ///
   /// For a file as saved, the pages whose bytes are in the file.
-  public var populatedPages: UInt64? { (extentMap ?? bitmap)?.populated }
+  public var populatedPages: UInt64? { dataPages?.populated }
   /// Whether page `page` is in the file.
   @inlinable public func isPresent(page: UInt64) -> Bool { bitmap?.isSet(page) ?? false }
   /// The absolute file offset of page `page` (meaningful when it is present).

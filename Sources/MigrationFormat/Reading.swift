@@ -67,7 +67,7 @@ extension MigrationFile {
   /// Costs O(bitmap words scanned), never O(pages).
   public func nextData(block index: Int, from offset: UInt64) -> UInt64? {
     let block = blocks[index]
-    guard offset < block.length, let bitmap = block.extentMap ?? block.bitmap else { return nil }
+    guard offset < block.length, let bitmap = block.dataPages else { return nil }
     let page = offset / block.pageSize
     if bitmap.isSet(page) { return offset }
     return bitmap.nextSet(from: page + 1).map { $0 * block.pageSize }
@@ -80,7 +80,7 @@ extension MigrationFile {
   public func nextHole(block index: Int, from offset: UInt64) -> UInt64? {
     let block = blocks[index]
     guard offset < block.length else { return nil }
-    guard let bitmap = block.extentMap ?? block.bitmap else { return block.length }
+    guard let bitmap = block.dataPages else { return block.length }
     let page = offset / block.pageSize
     if !bitmap.isSet(page) { return offset }
     return bitmap.nextClear(from: page + 1).map { $0 * block.pageSize } ?? block.length

@@ -25,7 +25,7 @@ extension Mramfs {
 
         Output: one line per block (size, status, changed pages and bytes, ranges), a total, then \
         each changed range of each block as [start, end) byte offsets in its file, and, when both \
-        files place main RAM alike (pc and q35 machines), the same changes as [start, end) \
+        files lay out guest-physical memory alike (pc and q35), the same changes as [start, end) \
         guest-physical addresses: offsets in a mount's physmem. --stat stops after the total. \
         --json prints one document (schema in the README; integers exact).
 

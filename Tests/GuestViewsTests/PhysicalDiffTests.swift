@@ -57,7 +57,7 @@ struct PhysicalDiffTests {
       Issue.record("pc.ram of 64 and 128 pages placed alike")
       return
     }
-    #expect(why.reason.hasPrefix("the two files place main RAM differently: pc.ram [0x0, 0x40000) at 0x0 in "))
+    #expect(why.reason.hasPrefix("the two files lay out guest-physical memory differently: pc.ram [0x0, 0x40000) at 0x0 in "))
     let arm = try Self.pair([3], machineB: "virt-10.0")
     guard case .failure(let other) = arm.physicalRanges() else {
       Issue.record("an arm machine's RAM placed")

@@ -192,6 +192,6 @@ struct DiffRealQEMUTests {
       Issue.record("physical ranges for 256 MiB against 5 GiB")
       return
     }
-    #expect(why.reason.hasPrefix("the two files place main RAM differently"))
+    #expect(why.reason.hasPrefix("the two files lay out guest-physical memory differently"))
   }
 }
