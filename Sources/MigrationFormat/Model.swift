@@ -71,8 +71,9 @@ public struct RAMBlock: Sendable {
   /// Which pages the file holds; nil for classic streams. Reads serve these pages from the
   /// file and zeros for the others.
   public let bitmap: PageBitmap?
-  /// Which pages count as data for `SEEK_DATA`/`SEEK_HOLE` (``MigrationFile/nextData(block:from:)``)
-  /// and `st_blocks` (``populatedPages``) when that is not ``bitmap``; nil means ``bitmap``.
+  /// Which pages count as data for ``MigrationFile/nextData(block:from:)``,
+  /// ``MigrationFile/nextHole(block:from:)`` and ``populatedPages`` when that is not
+  /// ``bitmap``; nil means ``bitmap``.
   ///
   /// Set only in a delta view (``SaveDiff/delta()``): there it is the pages that changed since
   /// the base, which include pages that changed to zeros and so read as zeros.
@@ -80,8 +81,9 @@ public struct RAMBlock: Sendable {
 
   /// Number of pages in the block.
   public var pageCount: UInt64 { length / pageSize }
-  /// The pages that hold data for `SEEK_DATA`/`SEEK_HOLE` and `st_blocks`: ``extentMap``, else
-  /// ``bitmap``; nil for classic streams. Views that count or seek data use this, reads use ``bitmap``.
+  /// The pages that hold data for ``MigrationFile/nextData(block:from:)``,
+  /// ``MigrationFile/nextHole(block:from:)`` and ``populatedPages``: ``extentMap``, else
+  /// ``bitmap``; nil for classic streams. What counts or seeks data goes by this; reads go by ``bitmap``.
   public var dataPages: PageBitmap? { extentMap ?? bitmap }
   /// Number of pages that hold data (``dataPages``); nil for classic streams.
   ///

@@ -4,11 +4,11 @@
 import Dispatch
 import Synchronization
 
-/// How the RAM of two saves differs: for each RAM block, the pages whose bytes a mount of
-/// one file and a mount of the other would serve differently.
+/// How the RAM of two saves differs: for each RAM block, the pages that read differently
+/// from one file and from the other (``MigrationFile/read(block:at:into:)``).
 ///
 /// Blocks are matched by their exact name bytes. A block in both files with the same length
-/// and page size is compared page by page; a page *changed* when the bytes a read serves
+/// and page size is compared page by page; a page *changed* when the bytes a read gives
 /// differ, and a clear bit reads as zeros. So a page whose bit is set over all-zero bytes in
 /// one file and clear in the other has not changed, and a page whose bit was cleared under
 /// non-zero bytes (stale bytes of a live save, left in the pages region) has, if the other
@@ -166,10 +166,11 @@ public struct SaveDiff: Sendable {
     blocks.first { $0.name.bytes.elementsEqual(name.utf8) }
   }
 
-  /// B as a delta mount serves it: a view of B (same file, same device state) holding only
-  /// the blocks compared page by page, each serving B's bytes in the pages that changed and
-  /// zeros everywhere else, with the changed pages as its data for `SEEK_DATA`/`SEEK_HOLE` and
-  /// `st_blocks` (``RAMBlock/extentMap``). A page that changed to zeros is data that reads as
+  /// B less what A already had: a view of B (same file, same device state) holding only the
+  /// blocks compared page by page, each reading B's bytes in the pages that changed and zeros
+  /// everywhere else, with the changed pages as its data pages (``RAMBlock/extentMap``, which
+  /// ``MigrationFile/nextData(block:from:)``, ``MigrationFile/nextHole(block:from:)`` and
+  /// ``RAMBlock/populatedPages`` go by). A page that changed to zeros is data that reads as
   /// zeros. Blocks only in B or of another size than A's are left out.
   ///
   /// Reads of the view cost what reads of B cost: the masks are built here, once.
