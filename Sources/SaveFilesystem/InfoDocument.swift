@@ -66,10 +66,15 @@ public struct InfoDocument: Codable, Sendable {
   public var physmem: Physmem?
   /// Why there is no `physmem` view, when there is none.
   public var physmemUnavailable: String?
+  /// The guest kernel's VMCOREINFO (release, build ID, KASLR offset, where it was found), when found.
+  public var kernel: Kernel?
+  /// Why there is no ``kernel``, when it was looked for and not found.
+  public var kernelUnavailable: String?
   public var warnings: [String]
 
-  /// Describes `file`; `lowmem` overrides the machine's RAM split below 4 GiB for ``physmem``.
-  public init(_ file: MigrationFile, lowmem: UInt64? = nil) {
+  /// Describes `file`; `lowmem` overrides the machine's RAM split below 4 GiB for ``physmem``;
+  /// `kernel` is the result of ``KernelInfo/resolve(_:layout:limits:)``, when it was looked for.
+  public init(_ file: MigrationFile, lowmem: UInt64? = nil, kernel: Result<KernelInfo, KernelInfo.Unavailable>? = nil) {
     self.file = file.path
     fileSize = file.file.size
     streamOffset = file.streamOffset
@@ -114,6 +119,7 @@ public struct InfoDocument: Codable, Sendable {
     case .failure(let why): physmemUnavailable = why.reason
     }
     warnings = file.warnings
+    if let kernel { setKernel(kernel) }
   }
 
   /// The document as pretty-printed JSON with sorted keys, ending in a newline.
