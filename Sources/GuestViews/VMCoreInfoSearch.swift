@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Darwin)
+  import Darwin
+#endif
 import MigrationFormat
 
 /// Finds a saved Linux guest's VMCOREINFO note (``KernelInfo``) in its memory.
@@ -27,8 +32,8 @@ public enum VMCoreInfoSearch {
   public struct Limits: Sendable {
     /// Populated pages whose first bytes are read, at most (default 2^24: 64 GiB of 4 KiB pages).
     public var maxPages: UInt64 = 1 << 24
-    /// The search stops after this long (default 30 s).
-    public var timeLimit: Duration = .seconds(30)
+    /// The search stops after this long (default 20 s: about 20 GiB of populated pages here).
+    public var timeLimit: Duration = .seconds(20)
     /// Candidate notes read and checked, at most.
     public var maxCandidates = 64
     /// The default bounds.
@@ -37,8 +42,6 @@ public enum VMCoreInfoSearch {
 
   /// The name and the start of the text at a page start: the note header's name and the first key.
   static let signature = Array("VMCOREINFO\0\0OSRELEASE=".utf8)
-  /// Bytes read at each page start: namesz, descsz, type, then ``signature``.
-  static let probeSize = 12 + 22
 
   /// Finds the note of `file`'s guest, whose main RAM `layout` places, checking it with the vCPUs' `registers`.
   public static func find(
@@ -257,49 +260,66 @@ public enum VMCoreInfoSearch {
       self.deadline = deadline
     }
 
-    /// Reads page starts until a confirmed note, the end of main RAM, or a limit.
+    /// Bytes read at once: a piece of a populated run, whose page starts are then compared.
+    static let chunkBytes: UInt64 = 256 << 10
+
+    /// Reads page starts until a confirmed note, the end of main RAM, or a limit. A populated
+    /// run is read in pieces of ``chunkBytes`` (one `pread` each, into one buffer), so the
+    /// cost is one system call per 64 pages, not per page.
     mutating func run() {
-      var probe = [UInt8](repeating: 0, count: VMCoreInfoSearch.probeSize)
+      let ps = layout.pageSize
+      let chunkPages = max(1, Search.chunkBytes / ps)
+      let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkPages * ps), alignment: 4096)
+      defer { buffer.deallocate() }
+      guard let base = buffer.baseAddress else { return }
+      let signature = VMCoreInfoSearch.signature
       for r in layout.ranges {
         let b = file.blocks[r.block]
-        guard let bitmap = b.bitmap, b.pageSize == layout.pageSize else { continue }
-        let ps = b.pageSize
-        let first = r.blockOffset / ps
+        guard let bitmap = b.bitmap, b.pageSize == ps else { continue }
         let end = (r.blockOffset + r.length) / ps
-        var p = first
+        var p = r.blockOffset / ps
         while let set = bitmap.nextSet(from: p, limit: end) {
           let runEnd = bitmap.nextClear(from: set, limit: end) ?? end
-          for page in set..<runEnd {
-            if pages >= limits.maxPages {
+          var q = set
+          while q < runEnd {
+            guard pages < limits.maxPages else {
               stoppedBecause = "stopped at the limit of \(limits.maxPages) pages"
               return
             }
-            if pages % 4096 == 0, ContinuousClock.now >= deadline {
+            guard ContinuousClock.now < deadline else {
               stoppedBecause = "stopped after \(limits.timeLimit)"
               return
             }
-            pages += 1
-            let got = probe.withUnsafeMutableBytes { raw in (try? file.read(block: r.block, at: page * ps, into: raw)) ?? 0 }
-            guard got == probe.count, probe.loadLE(0, 4) == 11, probe.loadLE(8, 4) == 0,
-              probe[12...].elementsEqual(VMCoreInfoSearch.signature)
-            else { continue }
-            guard candidates < limits.maxCandidates else {
-              stoppedBecause = "stopped after \(limits.maxCandidates) candidate notes, none confirmed"
-              return
+            let n = min(chunkPages, runEnd - q, limits.maxPages - pages)
+            let into = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(n * ps)])
+            let got = (try? file.read(block: r.block, at: q * ps, into: into)) ?? 0
+            pages += n
+            for i in 0..<n where (i + 1) * ps <= UInt64(got) {
+              let at = base + Int(i * ps)
+              guard at.loadUnaligned(as: UInt32.self) == UInt32(11).littleEndian,
+                at.loadUnaligned(fromByteOffset: 8, as: UInt32.self) == 0,
+                signature.withUnsafeBytes({ memcmp(at + 12, $0.baseAddress!, $0.count) }) == 0
+              else { continue }
+              guard candidates < limits.maxCandidates else {
+                stoppedBecause = "stopped after \(limits.maxCandidates) candidate notes, none confirmed"
+                return
+              }
+              candidates += 1
+              let page = q + i
+              let gpa = r.gpa + (page * ps - r.blockOffset)
+              // The note may use the rest of its populated run in this range, and no more.
+              let available = (runEnd - page) * ps
+              switch VMCoreInfoSearch.candidate(file, layout: layout, registers: registers, at: gpa, availableBytes: available) {
+              case .success(let info) where info.validation == .initUTSNamespace:
+                confirmed = info
+                return
+              case .success(let info):
+                unchecked.append(info)
+              case .failure(let why):
+                rejected.append(why)
+              }
             }
-            candidates += 1
-            let gpa = r.gpa + (page * ps - r.blockOffset)
-            // The note may use the rest of its populated run in this range, and no more.
-            let available = (runEnd - page) * ps
-            switch VMCoreInfoSearch.candidate(file, layout: layout, registers: registers, at: gpa, availableBytes: available) {
-            case .success(let info) where info.validation == .initUTSNamespace:
-              confirmed = info
-              return
-            case .success(let info):
-              unchecked.append(info)
-            case .failure(let why):
-              rejected.append(why)
-            }
+            q += n
           }
           p = runEnd
         }
