@@ -83,12 +83,11 @@ public enum VMCoreInfoSearch {
     }
     var parts: [String] = []
     if let deviceNote { parts.append(deviceNote) }
-    let secs = KernelInfo.seconds(clock.now - start)
     if let stop = search.stoppedBecause {
-      parts.append("no VMCOREINFO note in the first \(search.pages) populated pages of main RAM: \(stop) (\(secs) s)")
+      parts.append("no VMCOREINFO note in the first \(search.pages) populated pages of main RAM: \(stop)")
     } else {
       parts.append(
-        "no VMCOREINFO note in the \(search.pages) populated pages of main RAM (searched in \(secs) s): "
+        "no VMCOREINFO note in the \(search.pages) populated pages of main RAM: "
           + (rejected.isEmpty ? "not a Linux guest, or a kernel without CONFIG_CRASH_CORE"
             : "\(rejected.count) note\(rejected.count == 1 ? "" : "s") refused, the first at \(hex(rejected[0].gpa)): \(rejected[0].reason)"))
     }

@@ -52,11 +52,14 @@ extension Mramfs {
       let migration = try openMigrationFile(file, options)
       // The one part of info that reads guest memory: the kernel's VMCOREINFO note (bounded search).
       let layout = try? PhysicalLayout.resolve(migration, lowmem: lowmem).get()
-      let doc = InfoDocument(migration, lowmem: lowmem, kernel: KernelInfo.resolve(migration, layout: layout))
+      let kernel = KernelInfo.resolve(migration, layout: layout)
+      let doc = InfoDocument(migration, lowmem: lowmem, kernel: kernel)
       if json {
         print(doc.json(), terminator: "")
       } else {
-        print(InfoTable(doc: doc, file: migration, devices: devices, registers: registers).render(), terminator: "")
+        print(
+          InfoTable(doc: doc, file: migration, devices: devices, registers: registers, kernel: kernel).render(),
+          terminator: "")
       }
     }
   }
@@ -68,6 +71,8 @@ struct InfoTable {
   var file: MigrationFile
   var devices: Bool
   var registers = false
+  /// The kernel look-up the document was made with, for the time it took (not in the document).
+  var kernel: Result<KernelInfo, KernelInfo.Unavailable>? = nil
 
   func render() -> String {
     var out = ""
@@ -103,6 +108,12 @@ struct InfoTable {
     } else {
       line("physmem", "none (\(doc.physmemUnavailable ?? "unknown reason"))")
     }
+    var took = ""
+    switch kernel {
+    case .success(let k): took = String(format: ", in %.3f s", KernelInfo.seconds(k.duration))
+    case .failure(let why): took = String(format: ", searched in %.3f s", KernelInfo.seconds(why.duration))
+    case nil: break
+    }
     if let k = doc.kernel {
       var parts = [k.release]
       if let b = k.buildID { parts.append("build ID \(b)") }
@@ -112,9 +123,9 @@ struct InfoTable {
       line(
         "kernel",
         parts.joined(separator: ", ")
-          + "; VMCOREINFO at GPA \(hex(k.gpa)) (\(k.size) bytes) from \(source), \(checked), in \(k.searchSeconds) s")
+          + "; VMCOREINFO at GPA \(hex(k.gpa)) (\(k.size) bytes) from \(source), \(checked)\(took)")
     } else if let why = doc.kernelUnavailable {
-      line("kernel", "none (\(why))")
+      line("kernel", "none (\(why))\(took)")
     }
     out += "\n"
     var rows: [[String]] = [["BLOCK", "SIZE", "PAGE", "POPULATED", "%", "BITMAP", "PAGES"]]

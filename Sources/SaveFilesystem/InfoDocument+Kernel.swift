@@ -18,9 +18,8 @@ extension InfoDocument {
     public var size: UInt64
     /// `init_uts_ns` (its release, read through the vCPU's page tables, is the note's) or `text`.
     public var validation: String
-    /// How long the look-up took, in seconds (millisecond resolution).
-    public var searchSeconds: Double
-    /// Populated pages whose first bytes the search read.
+    /// Populated pages whose first bytes the search read. (How long that took is in `info`'s
+    /// table only, so that info.json is the `info --json` document byte for byte.)
     public var pagesSearched: UInt64
     /// Notes looked at and refused, with why; absent when none.
     public var rejected: [KernelInfo.Rejection]?
@@ -33,7 +32,6 @@ extension InfoDocument {
       gpa = k.gpa
       size = UInt64(k.text.count)
       validation = k.validation.rawValue
-      searchSeconds = KernelInfo.seconds(k.duration)
       pagesSearched = k.pagesSearched
       rejected = k.rejected.isEmpty ? nil : k.rejected
     }
