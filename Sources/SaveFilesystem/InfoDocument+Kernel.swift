@@ -37,6 +37,13 @@ extension InfoDocument {
     }
   }
 
+  /// Describes `file` as `mramfs info --json` does: with the guest kernel looked up in its
+  /// memory (``KernelInfo/resolve(_:layout:limits:)``, bounded), which reads pages.
+  public static func lookingUpKernel(_ file: MigrationFile, lowmem: UInt64? = nil) -> InfoDocument {
+    let layout = try? PhysicalLayout.resolve(file, lowmem: lowmem).get()
+    return InfoDocument(file, lowmem: lowmem, kernel: KernelInfo.resolve(file, layout: layout))
+  }
+
   /// Sets ``kernel`` or ``kernelUnavailable`` from the result of a look-up.
   mutating func setKernel(_ result: Result<KernelInfo, KernelInfo.Unavailable>) {
     switch result {

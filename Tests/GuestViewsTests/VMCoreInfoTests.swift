@@ -149,6 +149,17 @@ struct VMCoreInfoTests {
     #expect(why.reason.contains("6 notes refused"))
   }
 
+  @Test("a device whose address or size lies: past the end of RAM, near 2^64, or smaller than the note")
+  func lyingDevice() throws {
+    let text = vmcoreinfoText(release: "6.1.0-x")
+    for (paddr, size) in [(UInt64.max - 3, UInt64(UInt32.max)), (1 << 40, 4132), (UInt64(30 * page), 100)] {
+      let file = try guest([30: vmcoreinfoNote(text)], devices: [vmcoreinfoDevice(size: size, paddr: paddr)])
+      let k = try find(file).get()
+      #expect(k.source == .search && k.gpa == 30 * page, "device at \(hex(paddr)), \(size) bytes")
+      #expect(k.rejected.first?.gpa == paddr && k.rejected.count == 1)
+    }
+  }
+
   @Test("no note at all: not a Linux guest, with the pages searched")
   func none() throws {
     guard case .failure(let why) = try find(try guest([0: [1], 5: [2], 63: [3]])) else { Issue.record("found"); return }
