@@ -35,6 +35,7 @@ public struct KernelInfo: Sendable, Equatable {
     public var gpa: UInt64
     /// Why it was not taken, in one line.
     public var reason: String
+    /// A refusal of the note at `gpa`, for `reason`.
     public init(gpa: UInt64, reason: String) {
       self.gpa = gpa
       self.reason = reason
@@ -52,7 +53,9 @@ public struct KernelInfo: Sendable, Equatable {
     public var duration: Duration = .zero
     /// Populated pages of main RAM whose first bytes the search read.
     public var pagesSearched: UInt64 = 0
+    /// No note, for `reason`.
     public init(_ reason: String) { self.reason = reason }
+    /// The reason.
     public var description: String { reason }
   }
 
@@ -108,17 +111,25 @@ public enum VMCoreInfoText {
 
   /// Why a text (or the device's record of it) is refused, in one line.
   public struct Problem: Error, Sendable, Equatable, CustomStringConvertible {
+    /// What is wrong, in one line.
     public let reason: String
+    /// A problem described by `reason`.
     public init(_ reason: String) { self.reason = reason }
+    /// The reason.
     public var description: String { reason }
   }
 
   /// What a text that passed ``check(_:pageSize:)`` says.
   public struct Checked: Sendable, Equatable {
+    /// `OSRELEASE`.
     public var release: String
+    /// `BUILD-ID`, when present and not empty.
     public var buildID: String?
+    /// `KERNELOFFSET`, when present.
     public var kaslrOffset: UInt64?
+    /// `PAGESIZE`, equal to the page size checked against.
     public var pageSize: UInt64
+    /// Every `KEY=value` line (``VMCoreInfoText/fields(_:)``).
     public var fields: [String: String]
   }
 
