@@ -20,6 +20,7 @@ import MigrationFormat
 /// The notes are one `NT_PRSTATUS` per vCPU (`pr_pid` = index + 1, as QEMU writes them), then
 /// one `QEMU` note per vCPU (QEMU's CPU state: version 1, 440 bytes), from ``X86Registers``.
 /// Registers the file does not give (and `kernel_gs_base`, which mramfs does not decode) are zero.
+/// When the guest's kernel VMCOREINFO is known (``KernelInfo``), a `VMCOREINFO` note follows.
 public struct ELFCore: Sendable, Equatable {
   /// One `PT_LOAD`: `length` bytes of block `block` from `blockOffset`, at guest-physical `gpa`.
   public struct Segment: Sendable, Equatable {
@@ -57,12 +58,15 @@ public struct ELFCore: Sendable, Equatable {
   /// The page size, and alignment of every segment.
   public let pageSize: UInt64
 
-  /// Builds the core file's layout for `file`, whose main RAM `layout` places, with the vCPUs' `registers`.
-  public init(_ file: MigrationFile, layout: PhysicalLayout, registers: [X86Registers]) throws(Unavailable) {
+  /// Builds the core file's layout for `file`, whose memory `layout` places, with the vCPUs' `registers`,
+  /// and a `VMCOREINFO` note holding `vmcoreinfo` when given (the notes' size sets where the segments start).
+  public init(_ file: MigrationFile, layout: PhysicalLayout, registers: [X86Registers], vmcoreinfo: [UInt8]? = nil)
+    throws(Unavailable)
+  {
     guard !registers.isEmpty else { throw Unavailable("the file gives no vCPU registers") }
     let ps = layout.pageSize
     let pieces = layout.ranges
-    let notes = ELFCore.notes(registers)
+    let notes = ELFCore.notes(registers, vmcoreinfo: vmcoreinfo)
     let phnum = 1 + pieces.count
     guard phnum < 0xffff else { throw Unavailable("\(pieces.count) RAM ranges are more than an ELF header can count") }
     let notesOffset = 64 + 56 * phnum
@@ -123,14 +127,16 @@ public struct ELFCore: Sendable, Equatable {
     pageSize = ps
   }
 
-  /// The core file of `file`, or why there is none.
-  public static func resolve(_ file: MigrationFile, layout: PhysicalLayout?) -> Result<ELFCore, Unavailable> {
+  /// The core file of `file`, or why there is none; with a `VMCOREINFO` note holding `vmcoreinfo` when given.
+  public static func resolve(_ file: MigrationFile, layout: PhysicalLayout?, vmcoreinfo: [UInt8]? = nil)
+    -> Result<ELFCore, Unavailable>
+  {
     guard let layout else { return .failure(Unavailable("there is no physmem view")) }
     switch file.x86Registers() {
     case .failure(let why): return .failure(Unavailable(why.reason))
     case .success(let regs):
       do {
-        return .success(try ELFCore(file, layout: layout, registers: regs))
+        return .success(try ELFCore(file, layout: layout, registers: regs, vmcoreinfo: vmcoreinfo))
       } catch {
         return .failure(error)
       }
@@ -139,11 +145,13 @@ public struct ELFCore: Sendable, Equatable {
 
   // MARK: - Notes
 
-  /// `NT_PRSTATUS` for each vCPU, then QEMU's CPU-state note for each vCPU.
-  static func notes(_ registers: [X86Registers]) -> [UInt8] {
+  /// `NT_PRSTATUS` for each vCPU, then QEMU's CPU-state note for each vCPU, then the kernel's
+  /// `VMCOREINFO` note (type 0, the text as descriptor) when given: QEMU's dump-guest-memory order.
+  static func notes(_ registers: [X86Registers], vmcoreinfo: [UInt8]? = nil) -> [UInt8] {
     var n = ByteWriter()
     for (i, r) in registers.enumerated() { n.appendELFNote(name: "CORE", type: 1, desc: prstatus(r, pid: UInt32(i + 1))) }
     for r in registers { n.appendELFNote(name: "QEMU", type: 0, desc: qemuCPUState(r)) }
+    if let vmcoreinfo { n.appendVMCoreInfoNote(vmcoreinfo) }
     return n.bytes
   }
 

@@ -22,6 +22,10 @@ extension Mramfs {
         guest-physical address), or why the file has none. --lowmem gives the RAM below 4 GiB \
         as `mount -o lowmem=` does, so that --json matches that mount's info.json.
 
+        The kernel line shows a Linux guest's release, build ID and KASLR offset from its \
+        VMCOREINFO note: read where the vmcoreinfo device says, or searched for in the populated \
+        pages of main RAM (the only part of info that reads pages; it says how long it took).
+
         Classic (non-mapped-ram) streams are listed too; mount them after `mramfs convert`.
         """)
 
@@ -46,11 +50,16 @@ extension Mramfs {
 
     func run() throws {
       let migration = try openMigrationFile(file, options)
-      let doc = InfoDocument(migration, lowmem: lowmem)
+      // The one part of info that reads guest memory: the kernel's VMCOREINFO note (bounded search).
+      let layout = try? PhysicalLayout.resolve(migration, lowmem: lowmem).get()
+      let kernel = KernelInfo.resolve(migration, layout: layout)
+      let doc = InfoDocument(migration, lowmem: lowmem, kernel: kernel)
       if json {
         print(doc.json(), terminator: "")
       } else {
-        print(InfoTable(doc: doc, file: migration, devices: devices, registers: registers).render(), terminator: "")
+        print(
+          InfoTable(doc: doc, file: migration, devices: devices, registers: registers, kernel: kernel).render(),
+          terminator: "")
       }
     }
   }
@@ -62,6 +71,8 @@ struct InfoTable {
   var file: MigrationFile
   var devices: Bool
   var registers = false
+  /// The kernel look-up the document was made with, for the time it took (not in the document).
+  var kernel: Result<KernelInfo, KernelInfo.Unavailable>? = nil
 
   func render() -> String {
     var out = ""
@@ -96,6 +107,25 @@ struct InfoTable {
       line("physmem", "\(formatSize(p.size)), lowmem \(hex(p.lowmem)): " + pieces.joined(separator: "; "))
     } else {
       line("physmem", "none (\(doc.physmemUnavailable ?? "unknown reason"))")
+    }
+    var took = ""
+    switch kernel {
+    case .success(let k): took = String(format: ", in %.3f s", KernelInfo.seconds(k.duration))
+    case .failure(let why): took = String(format: ", searched in %.3f s", KernelInfo.seconds(why.duration))
+    case nil: break
+    }
+    if let k = doc.kernel {
+      var parts = [k.release]
+      if let b = k.buildID { parts.append("build ID \(b)") }
+      if let o = k.kaslrOffset { parts.append("KASLR offset \(hex(o))") }
+      let source = k.source == "device" ? "the vmcoreinfo device's address" : "a search of \(k.pagesSearched) populated pages"
+      let checked = k.validation == "init_uts_ns" ? "checked against init_uts_ns" : "text checked only"
+      line(
+        "kernel",
+        parts.joined(separator: ", ")
+          + "; VMCOREINFO at GPA \(hex(k.gpa)) (\(k.size) bytes) from \(source), \(checked)\(took)")
+    } else if let why = doc.kernelUnavailable {
+      line("kernel", "none (\(why))\(took)")
     }
     out += "\n"
     var rows: [[String]] = [["BLOCK", "SIZE", "PAGE", "POPULATED", "%", "BITMAP", "PAGES"]]

@@ -66,13 +66,21 @@ public struct InfoDocument: Codable, Sendable {
   public var physmem: Physmem?
   /// Why there is no `physmem` view, when there is none.
   public var physmemUnavailable: String?
+  /// The guest kernel's VMCOREINFO (release, build ID, KASLR offset, where it was found), when found.
+  public var kernel: Kernel?
+  /// Why there is no ``kernel``, when it was looked for and not found.
+  public var kernelUnavailable: String?
   public var warnings: [String]
   /// In a delta mount (`-o base=`), the base it serves the changes since.
   public var base: Base?
 
   /// Describes `file`; `lowmem` overrides the machine's RAM split below 4 GiB for ``physmem``;
-  /// `base` is what a delta mount of `file` was taken against.
-  public init(_ file: MigrationFile, lowmem: UInt64? = nil, base: Base? = nil) {
+  /// `kernel` is the result of ``KernelInfo/resolve(_:layout:limits:)``, when it was looked for; `base` is
+  /// what a delta mount of `file` was taken against.
+  public init(
+    _ file: MigrationFile, lowmem: UInt64? = nil, kernel: Result<KernelInfo, KernelInfo.Unavailable>? = nil,
+    base: Base? = nil
+  ) {
     self.file = file.path
     fileSize = file.file.size
     streamOffset = file.streamOffset
@@ -118,6 +126,7 @@ public struct InfoDocument: Codable, Sendable {
     }
     warnings = file.warnings
     self.base = base
+    if let kernel { setKernel(kernel) }
   }
 
   /// The document as pretty-printed JSON with sorted keys, ending in a newline.

@@ -10,6 +10,8 @@ public enum TopLevelName: String, CaseIterable, Sendable {
   case physmem
   /// The guest as an ELF core file.
   case vmcore
+  /// The guest kernel's VMCOREINFO text.
+  case vmcoreinfo
   /// `cpu/N/registers.json`.
   case cpu
   /// `devices/NAME[.INSTANCE].json`.

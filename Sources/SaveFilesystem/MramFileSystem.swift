@@ -42,7 +42,8 @@ public struct MountConfiguration: Sendable {
 
 /// The mramfs filesystem: one read-only sparse file per RAM block, plus `info.json` and `physmem`.
 ///
-/// Every handler reads only immutable state built at mount time, so handlers
+/// Every handler reads immutable state built at mount time, or the kernel views
+/// (``KernelViews``: computed once, then read through an atomic load), so handlers
 /// run on any number of libfuse worker threads without locks; reads use a
 /// per-thread buffer and allocate nothing.
 public final class MramFileSystem: FileSystem {
@@ -62,8 +63,9 @@ public final class MramFileSystem: FileSystem {
   let readErrors = Atomic<Int>(0)
   /// Where main RAM sits in `physmem`; nil when the file's machine cannot be placed (no `physmem`).
   let physmem: PhysicalLayout?
-  /// The layout and header of `vmcore`; nil without `physmem` or without vCPU registers (no `vmcore`).
-  let vmcore: ELFCore?
+  /// `vmcoreinfo`, `vmcore` and info.json, which depend on the guest kernel's VMCOREINFO and are
+  /// computed once, in the background from FUSE's INIT or at the first request that needs them.
+  let kernelViews: KernelViews
 
   /// Builds the namespace for `file`; cost O(blocks).
   ///
@@ -77,13 +79,16 @@ public final class MramFileSystem: FileSystem {
     self.configuration = configuration
     self.logger = logger
     let paths = BlockPaths.assign(file.blocks.map(\.name))
-    let info = Array(InfoDocument(file, lowmem: configuration.lowmem, base: base).json().utf8)
     physmem = file.format.isPositional ? try? PhysicalLayout(file, lowmem: configuration.lowmem) : nil
-    vmcore = physmem == nil ? nil : try? ELFCore.resolve(file, layout: physmem).get()
+    // Without the VMCOREINFO note, which only the kernel views add: whether there is a `vmcore` at all.
+    let baseCore = physmem == nil ? nil : try? ELFCore.resolve(file, layout: physmem).get()
+    kernelViews = KernelViews.make(file: file, layout: physmem, lowmem: configuration.lowmem, baseCore: baseCore, base: base)
     tree = Tree(
-      blockPaths: paths, generated: [(TopLevelName.info.rawValue, info)],
-      views: (physmem == nil ? [] : [(TopLevelName.physmem.rawValue, .physmem)])
-        + (vmcore == nil ? [] : [(TopLevelName.vmcore.rawValue, .vmcore)]),
+      blockPaths: paths, generated: [],
+      views: [(TopLevelName.info.rawValue, .info)]
+        + (physmem == nil ? [] : [(TopLevelName.physmem.rawValue, .physmem)])
+        + (baseCore == nil ? [] : [(TopLevelName.vmcore.rawValue, .vmcore)])
+        + (physmem == nil ? [] : [(TopLevelName.vmcoreinfo.rawValue, .vmcoreinfo)]),
       files: StateViews.files(file))
     buffers = WorkerBuffer(capacity: configuration.maxRead + 4096)
     segmentBuffers = WorkerBuffer(capacity: (configuration.maxRead / 4096 + 2) * MemoryLayout<DataSegment>.stride)
@@ -118,6 +123,12 @@ public final class MramFileSystem: FileSystem {
         inode: node.inode, mode: FileMode(type: .regular, permissions: FilePermissions(rawValue: 0o444)), linkCount: 1, uid: uid, gid: gid,
         size: Int64(bytes.count), blocks: Int64((bytes.count + 511) / 512), blockSize: 4096,
         accessTime: time, modificationTime: time, changeTime: time)
+    case .info, .vmcoreinfo:
+      let count = kernelFileBytes(node)?.count ?? 0
+      return FileAttributes(
+        inode: node.inode, mode: FileMode(type: .regular, permissions: FilePermissions(rawValue: 0o444)), linkCount: 1, uid: uid, gid: gid,
+        size: Int64(count), blocks: Int64((count + 511) / 512), blockSize: 4096,
+        accessTime: time, modificationTime: time, changeTime: time)
     case .physmem:
       return physmemAttributes(node)
     case .vmcore:
@@ -132,11 +143,12 @@ public final class MramFileSystem: FileSystem {
     if configuration.readStrategy == .splice {
       _ = connection.enable([.spliceWrite])
     }
+    kernelViews.startInBackground()
   }
 
   public func lookup(_ request: Request, parent: INode, name: String, reply: consuming ReplyEntry) {
     guard let p = tree.node(parent), p.isDirectory else { return reply.error(.notDirectory) }
-    guard let ino = tree.lookup(parent, name), let node = tree.node(ino) else {
+    guard let ino = tree.lookup(parent, name), let node = tree.node(ino), !isHidden(node) else {
       return reply.negative(timeout: configuration.cacheTimeout)
     }
     reply.entry(
@@ -144,12 +156,12 @@ public final class MramFileSystem: FileSystem {
   }
 
   public func getattr(_ request: Request, inode: INode, handle: FileHandle?, reply: consuming ReplyAttr) {
-    guard let node = tree.node(inode) else { return reply.error(.noSuchFileOrDirectory) }
+    guard let node = tree.node(inode), !isHidden(node) else { return reply.error(.noSuchFileOrDirectory) }
     reply.attributes(attributes(node), timeout: configuration.cacheTimeout)
   }
 
   public func open(_ request: Request, inode: INode, flags: OpenFlags, reply: consuming ReplyOpen) {
-    guard let node = tree.node(inode) else { return reply.error(.noSuchFileOrDirectory) }
+    guard let node = tree.node(inode), !isHidden(node) else { return reply.error(.noSuchFileOrDirectory) }
     if node.isDirectory { return reply.error(.isDirectory) }
     if flags.requestsWriting { return reply.error(.readOnlyFileSystem) }
     var options: FUSE.OpenOptions = []
@@ -169,6 +181,11 @@ public final class MramFileSystem: FileSystem {
     case .directory:
       reply.error(.isDirectory)
     case .generated(let bytes):
+      let start = min(Int(clamping: offset), bytes.count)
+      let end = min(bytes.count, start + size)
+      reply.bytes(bytes[start..<end])
+    case .info, .vmcoreinfo:
+      guard let bytes = kernelFileBytes(node) else { return reply.error(.noSuchFileOrDirectory) }
       let start = min(Int(clamping: offset), bytes.count)
       let end = min(bytes.count, start + size)
       reply.bytes(bytes[start..<end])
@@ -287,7 +304,12 @@ public final class MramFileSystem: FileSystem {
         added = reply.add("..", inode: node.parent, type: .directory, nextOffset: 2)
       } else {
         let c = children[i - 2]
-        let isDir = tree.node(c.inode)?.isDirectory == true
+        let child = tree.node(c.inode)
+        if let child, isHidden(child) {
+          i += 1
+          continue
+        }
+        let isDir = child?.isDirectory == true
         added = reply.add(c.name, inode: c.inode, type: isDir ? .directory : .regular, nextOffset: Int64(i + 1))
       }
       if !added { break }
@@ -351,6 +373,10 @@ public final class MramFileSystem: FileSystem {
     case .generated(let bytes):
       guard off < bytes.count else { return reply.error(.noSuchAddressOrDevice) }
       reply.offset(whence == .nextData ? offset : Int64(bytes.count))
+    case .info, .vmcoreinfo:
+      let count = kernelFileBytes(node)?.count ?? 0
+      guard off < count else { return reply.error(.noSuchAddressOrDevice) }
+      reply.offset(whence == .nextData ? offset : Int64(count))
     case .block(let i):
       let result = whence == .nextData ? file.nextData(block: i, from: off) : file.nextHole(block: i, from: off)
       guard let r = result else { return reply.error(.noSuchAddressOrDevice) }

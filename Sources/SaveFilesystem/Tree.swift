@@ -15,6 +15,10 @@ struct Node: Sendable {
     case physmem
     /// The ELF core file of the guest (`vmcore`).
     case vmcore
+    /// The `info --json` document (info.json), computed with the kernel views at first use.
+    case info
+    /// The guest kernel's VMCOREINFO text (`vmcoreinfo`), hidden when there is none.
+    case vmcoreinfo
   }
 
   var inode: INode
@@ -31,7 +35,7 @@ struct Node: Sendable {
   var servesRAM: Bool {
     switch kind {
     case .block, .physmem, .vmcore: return true
-    case .directory, .generated: return false
+    case .directory, .generated, .info, .vmcoreinfo: return false
     }
   }
 }

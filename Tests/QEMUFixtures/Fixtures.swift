@@ -44,6 +44,8 @@ public struct FixtureManifest: Decodable, Sendable {
   public var scenarios: [Scenario]
   /// Scenarios added later (pc-256-live-classic, pc-numa-5g); absent in older manifests.
   public var extraScenarios: [ExtraScenario]?
+  /// The real Linux guests (scripts/fixtures/linux.py); absent in older manifests.
+  public var linux: LinuxFixture?
 
   /// An entry of "extra_scenarios": the scenario, or nil where the entry has another shape
   /// (pc-256-live-classic's stale_region describes records, not bits).
@@ -53,7 +55,7 @@ public struct FixtureManifest: Decodable, Sendable {
   }
 
   enum CodingKeys: String, CodingKey {
-    case format, guest, scenarios
+    case format, guest, scenarios, linux
     case qemuVersion = "qemu_version"
     case extraScenarios = "extra_scenarios"
   }

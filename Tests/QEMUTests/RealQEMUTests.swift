@@ -429,7 +429,7 @@ struct RealQEMUTests {
     if s.kind == "libvirt-part" { args.insert("--force", at: 2) }
     let result = try CLI.run(try CLI.mramfs(), args)
     #expect(result.status == 0, "stderr: \(result.stderr)")
-    #expect(result.stdout == InfoDocument(file).json(), "the CLI prints the library's InfoDocument")
+    #expect(result.stdout == InfoDocument.lookingUpKernel(file).json(), "the CLI prints the library's InfoDocument")
     let object = try JSONSerialization.jsonObject(with: result.stdoutData)
     let doc = try #require(object as? [String: Any], "top level is an object")
     func u64(_ any: Any?) -> UInt64? { (any as? NSNumber)?.uint64Value }

@@ -73,7 +73,7 @@ struct PhysmemFixture {
     return r.last
   }
 
-  var info: InfoDocument { InfoDocument(file, lowmem: configuration.lowmem) }
+  var info: InfoDocument { InfoDocument(file, lowmem: configuration.lowmem, kernel: fs.kernel) }
 }
 
 /// The bytes a synthetic block reads as (present pages; stale ones are zero).

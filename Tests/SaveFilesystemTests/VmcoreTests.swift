@@ -26,7 +26,7 @@ private let cpuJSON = """
 
 /// rax…r15 (QEMU's order) are 0x1000 + i, rip 0x100212, rflags 0x46, selectors 0x10 + i (es, cs, ss, ds, fs, gs),
 /// fs base 0x7000, cr3 0x200000.
-private func cpuDevice() -> FixtureDevice {
+func cpuDevice() -> FixtureDevice {
   var b: [UInt8] = []
   for i in 0..<16 { b += be(0x1000 + UInt64(i), 8) }
   b += be(0x100212, 8) + be(0x46, 8)

@@ -101,6 +101,14 @@ private func exercise(_ options: OpenOptions) {
     check(!paths.contains { $0.hasPrefix(path + "/") }, "block path \(path) is also a directory: \(paths)")
   }
   _ = InfoDocument(file).json()
+  // The kernel look-up reads notes at addresses and sizes the input gives (the vmcoreinfo
+  // device's, or those in populated pages): bounded here so that an input cannot hang the run.
+  var limits = VMCoreInfoSearch.Limits()
+  limits.maxPages = 4096
+  limits.timeLimit = .seconds(1)
+  if case .success(let k) = KernelInfo.resolve(file, layout: try? PhysicalLayout(file), limits: limits) {
+    check(k.text.count <= VMCoreInfoText.maxBytes, "a \(k.text.count)-byte VMCOREINFO text was read")
+  }
   // Device decoding: each located section's body walked field by field with its VM description.
   for state in file.deviceStates().prefix(64) {
     check(state.decodedBytes <= state.bodySize, "decoded \(state.decodedBytes) of \(state.bodySize) bytes")
