@@ -169,9 +169,10 @@ public struct PhysicalLayout: Sendable, Equatable {
     return out
   }
 
-  /// Bytes of `block`'s pages in `[offset, offset + length)` that the file holds; O(bitmap words).
+  /// Bytes of `block`'s data pages (``RAMBlock/dataPages``: the pages the file holds, or a delta
+  /// view's changed pages) in `[offset, offset + length)`; O(bitmap words).
   public static func populatedBytes(_ b: RAMBlock, from offset: UInt64, length: UInt64) -> UInt64 {
-    guard let bitmap = b.bitmap, length > 0 else { return 0 }
+    guard let bitmap = b.dataPages, length > 0 else { return 0 }
     let first = offset / b.pageSize
     let limit = (offset + length + b.pageSize - 1) / b.pageSize
     var pages: UInt64 = 0
