@@ -69,7 +69,7 @@ func overlap(_ a: Range<UInt64>, _ b: Range<UInt64>) -> Range<UInt64>? {
 struct PhysmemRealQEMUTests {
   static let dumped = ["pc-256", "q35-256-mfd", "pc-5g", "q35-5g-mfd", "pc-numa-5g"]
 
-  @Test("physmem equals QEMU's ELF dump in main RAM and reads zeros everywhere else", arguments: dumped)
+  @Test("physmem has exactly the ranges of QEMU's ELF dump, its bytes at every address, and zeros elsewhere", arguments: dumped)
   func matchesDump(_ name: String) throws {
     try checkAgainstDump(name, options: nil)
   }
