@@ -143,10 +143,7 @@ extension StreamParser {
     }
     let bitmapOffset = try c.readUInt64BE(s)
     let pagesOffset = try c.readUInt64BE(s)
-    guard length % pageSize == 0 else {
-      throw FormatError(
-        .badValue, "ram block entry \(quoted(name.bytes))", at: entryAt, "used_length \(hex(length)) is not a multiple of the page size \(pageSize)")
-    }
+    try checkWholePages(length, pageSize: pageSize, name: name, entryAt: entryAt)
     let pages = length / pageSize
     let bitmapSize = (pages + 63) / 64 * 8
     let headerEnd = h + RawMappedRAMHeader.size
@@ -159,26 +156,41 @@ extension StreamParser {
       warnings.append("block \(name): bitmap_offset \(hex(bitmapOffset)) is not right after its header (\(hex(headerEnd)))")
     }
     let bitmapEnd = try bitmapOffset.adding(bitmapSize, s, at: h + 12, "bitmap_offset + bitmap size")
-    guard pagesOffset % pageSize == 0 else {
-      throw FormatError(
-        .badValue, s, at: h + 20, "pages_offset \(hex(pagesOffset)) is not a multiple of the page size \(pageSize)")
-    }
-    guard pagesOffset >= bitmapEnd else {
-      throw FormatError(
-        .overlap, s, at: h + 20,
-        "pages_offset \(hex(pagesOffset)) overlaps the bitmap, which ends at \(hex(bitmapEnd))")
-    }
-    let pagesEnd = try pagesOffset.adding(length, s, at: h + 20, "pages_offset + used_length")
-    // pread takes a signed off_t: a pages region past 2^63 - 1 cannot be in any file.
-    guard pagesEnd <= UInt64(Int64.max) else {
-      throw FormatError(
-        .badValue, s, at: h + 20, "pages_offset + used_length \(hex(pagesEnd)) is past the largest file offset 2^63 - 1")
-    }
+    try checkPagesRegion(pagesOffset, after: bitmapEnd, length: length, pageSize: pageSize, s, fieldAt: h + 20)
     let bitmap = try loadBitmap(
       name: name, pages: pages, at: bitmapOffset, size: bitmapSize, s)
     return RAMBlock(
       name: name, length: length, pageSize: pageSize, entryOffset: entryAt, headerOffset: h, mrAddr: mrAddr,
       bitmapOffset: bitmapOffset, bitmapSize: bitmapSize, pagesOffset: pagesOffset, bitmap: bitmap)
+  }
+
+  /// A block's used length must be whole pages.
+  func checkWholePages(_ length: UInt64, pageSize: UInt64, name: BlockName, entryAt: UInt64) throws(FormatError) {
+    guard length % pageSize == 0 else {
+      throw FormatError(
+        .badValue, "ram block entry \(quoted(name.bytes))", at: entryAt,
+        "used_length \(hex(length)) is not a multiple of the page size \(pageSize)")
+    }
+  }
+
+  /// The pages region of a positional header (field `pages_offset` at `fieldAt`): page-aligned,
+  /// after the bitmap, and ending within a signed file offset (pread takes an `off_t`).
+  func checkPagesRegion(
+    _ pagesOffset: UInt64, after bitmapEnd: UInt64, length: UInt64, pageSize: UInt64, _ s: String, fieldAt: UInt64
+  ) throws(FormatError) {
+    guard pagesOffset % pageSize == 0 else {
+      throw FormatError(
+        .badValue, s, at: fieldAt, "pages_offset \(hex(pagesOffset)) is not a multiple of the page size \(pageSize)")
+    }
+    guard pagesOffset >= bitmapEnd else {
+      throw FormatError(
+        .overlap, s, at: fieldAt, "pages_offset \(hex(pagesOffset)) overlaps the bitmap, which ends at \(hex(bitmapEnd))")
+    }
+    let pagesEnd = try pagesOffset.adding(length, s, at: fieldAt, "pages_offset + used_length")
+    guard pagesEnd <= UInt64(Int64.max) else {
+      throw FormatError(
+        .badValue, s, at: fieldAt, "pages_offset + used_length \(hex(pagesEnd)) is past the largest file offset 2^63 - 1")
+    }
   }
 
   mutating func parseRFC1Header(
@@ -189,10 +201,7 @@ extension StreamParser {
     let bitmapSize = UInt64(try c.readUInt32BE(s))
     let pagesOffset = try c.readUInt64BE(s)
     let pageSize = targetPageSize
-    guard length % pageSize == 0 else {
-      throw FormatError(
-        .badValue, "ram block entry \(quoted(name.bytes))", at: entryAt, "used_length \(hex(length)) is not a multiple of the page size \(pageSize)")
-    }
+    try checkWholePages(length, pageSize: pageSize, name: name, entryAt: entryAt)
     let pages = length / pageSize
     let size64 = (pages + 63) / 64 * 8
     let size32 = (pages + 31) / 32 * 4
@@ -202,21 +211,7 @@ extension StreamParser {
     }
     let bitmapOffset = h + 12
     let bitmapEnd = bitmapOffset + bitmapSize
-    guard pagesOffset % pageSize == 0 else {
-      throw FormatError(
-        .badValue, s, at: h + 4, "pages_offset \(hex(pagesOffset)) is not a multiple of the page size \(pageSize)")
-    }
-    guard pagesOffset >= bitmapEnd else {
-      throw FormatError(
-        .overlap, s, at: h + 4,
-        "pages_offset \(hex(pagesOffset)) overlaps the bitmap, which ends at \(hex(bitmapEnd))")
-    }
-    let pagesEnd = try pagesOffset.adding(length, s, at: h + 4, "pages_offset + used_length")
-    // pread takes a signed off_t: a pages region past 2^63 - 1 cannot be in any file.
-    guard pagesEnd <= UInt64(Int64.max) else {
-      throw FormatError(
-        .badValue, s, at: h + 4, "pages_offset + used_length \(hex(pagesEnd)) is past the largest file offset 2^63 - 1")
-    }
+    try checkPagesRegion(pagesOffset, after: bitmapEnd, length: length, pageSize: pageSize, s, fieldAt: h + 4)
     let bitmap = try loadBitmap(name: name, pages: pages, at: bitmapOffset, size: bitmapSize, s)
     return RAMBlock(
       name: name, length: length, pageSize: pageSize, entryOffset: entryAt, headerOffset: h, mrAddr: mrAddr,
