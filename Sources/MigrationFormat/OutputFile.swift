@@ -170,6 +170,11 @@ enum InterruptCleanup {
     slots[index].state.store(0, ordering: .releasing)
   }
 
+  /// The paths of the armed slots: what ``unlinkAll()`` would remove now.
+  static func armedPaths() -> [String] {
+    slots.filter { $0.state.load(ordering: .acquiring) == 2 }.map { String(cString: $0.path) }
+  }
+
   /// Unlinks the path of every armed slot. Only atomic loads and `unlink`: async-signal-safe.
   static func unlinkAll() {
     for slot in slots where slot.state.load(ordering: .acquiring) == 2 {
