@@ -153,20 +153,8 @@ public final class PageBitmap: @unchecked Sendable {
 
   /// The first set page in `[from, limit)`, or nil.
   public func nextSet(from: UInt64, limit: UInt64? = nil) -> UInt64? {
-    let end = min(limit ?? pageCount, pageCount)
-    guard from < end, wordCount > 0 else { return nil }
-    var w = Int(from >> 6)
-    var v = words[w] & (~0 << (from & 63))
-    let lastWord = Int((end - 1) >> 6)
-    while true {
-      if v != 0 {
-        let p = UInt64(w) << 6 + UInt64(v.trailingZeroBitCount)
-        return p < end ? p : nil
-      }
-      w += 1
-      if w > lastWord { return nil }
-      v = words[w]
-    }
+    guard wordCount > 0 else { return nil }
+    return PageBitmap.firstSetBit(from: from, end: min(limit ?? pageCount, pageCount)) { words[$0] }
   }
 
   /// The first clear page in `[from, limit)`, or nil when every page there is set.
@@ -174,8 +162,19 @@ public final class PageBitmap: @unchecked Sendable {
     let end = min(limit ?? pageCount, pageCount)
     guard from < end else { return nil }
     guard wordCount > 0 else { return from }
+    return PageBitmap.firstSetBit(from: from, end: end) { ~words[$0] }
+  }
+
+  /// The first bit index in `[from, end)` set in the words `word(0)`, `word(1)`, …; nil if none.
+  ///
+  /// The one word scan behind every search (set pages, clear pages, a union of two bitmaps):
+  /// it skips 64 pages at a time, so its cost follows the words scanned, never the pages.
+  /// `word` is only called for words that hold a bit of `[from, end)`.
+  @inline(__always)
+  static func firstSetBit(from: UInt64, end: UInt64, word: (Int) -> UInt64) -> UInt64? {
+    guard from < end else { return nil }
     var w = Int(from >> 6)
-    var v = ~words[w] & (~0 << (from & 63))
+    var v = word(w) & (~0 << (from & 63))
     let lastWord = Int((end - 1) >> 6)
     while true {
       if v != 0 {
@@ -184,7 +183,7 @@ public final class PageBitmap: @unchecked Sendable {
       }
       w += 1
       if w > lastWord { return nil }
-      v = ~words[w]
+      v = word(w)
     }
   }
 

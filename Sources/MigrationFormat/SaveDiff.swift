@@ -276,20 +276,8 @@ struct PagePair: @unchecked Sendable {
 
   /// The first page in `[from, limit)` set in A or B (`set`), or clear in both (`!set`); nil if none.
   func nextUnion(from: UInt64, limit end: UInt64, set: Bool) -> UInt64? {
-    guard from < end else { return nil }
-    var w = Int(from >> 6)
     let flip: UInt64 = set ? 0 : ~0
-    var v = ((bitmapA.wordOrZero(w) | bitmapB.wordOrZero(w)) ^ flip) & (~0 << (from & 63))
-    let lastWord = Int((end - 1) >> 6)
-    while true {
-      if v != 0 {
-        let p = UInt64(w) << 6 + UInt64(v.trailingZeroBitCount)
-        return p < end ? p : nil
-      }
-      w += 1
-      if w > lastWord { return nil }
-      v = (bitmapA.wordOrZero(w) | bitmapB.wordOrZero(w)) ^ flip
-    }
+    return PageBitmap.firstSetBit(from: from, end: end) { (bitmapA.wordOrZero($0) | bitmapB.wordOrZero($0)) ^ flip }
   }
 
   /// Compares a run of pages, each set in A or B, that fits the buffers (or one page larger
