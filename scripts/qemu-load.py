@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fixtures.common import GiB, MiB, Fail, lowmem  # noqa: E402
 from fixtures.guest import HEARTBEAT_GPA  # noqa: E402
-from fixtures.qmp import QMP, parse_ramblocks  # noqa: E402
+from fixtures.qmp import QMP, parse_ramblocks, quit_qemu, wait_migration  # noqa: E402
 from fixtures.truth import pmemsave_sparse  # noqa: E402
 
 
@@ -170,18 +170,7 @@ def main():
         uri = f"file:{os.path.abspath(a.file)}" + (f",offset={offset}" if offset else "")
         q.cmd("migrate-incoming", uri=uri, **{"exit-on-error": False})
         t_load = time.time()
-        while True:
-            if proc.poll() is not None:
-                raise Fail(f"QEMU exited with status {proc.returncode} while loading")
-            st = q.cmd("query-migrate")
-            status = st.get("status")
-            if status == "completed":
-                break
-            if status in ("failed", "cancelled"):
-                raise Fail(f"QEMU refused the file: migration {status}: {st.get('error-desc', '(no error-desc)')}")
-            if time.time() - t_load > a.timeout:
-                raise Fail(f"incoming migration still {status} after {a.timeout}s")
-            time.sleep(0.05)
+        wait_migration(q, "loading the file (incoming migration)", a.timeout, proc)
         result["load_seconds"] = round(time.time() - t_load, 2)
         result["status_after_load"] = q.cmd("query-status").get("status")
         result["ramblocks"] = parse_ramblocks(q.hmp("info ramblock"))
@@ -206,17 +195,7 @@ def main():
         result = {"error": str(e), "qemu_log_tail": log_tail(), **result}
         code = 1
     finally:
-        if proc and proc.poll() is None:
-            try:
-                if q:
-                    q.cmd("quit")
-            except Exception:  # noqa: BLE001
-                pass
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        quit_qemu(proc, q)
         if a.keep_log:
             try:
                 shutil.copyfile(logpath, a.keep_log)
